@@ -1,0 +1,264 @@
+"""The HDF5 feature file: one per backbone, written resumably, read and validated.
+
+Layout of ``OUT/<backbone>.h5``:
+
+- root attrs: every field of :class:`ExtractionConfig` (what defines the features), plus
+  ``weights_source``, ``versions`` (JSON), ``created``, ``frames_done`` and ``complete``;
+- ``features``: ``(copies, frames, dim)``, copy 0 the original frame, copies 1..A augmented;
+  chunked along frames;
+- ``frames/<column>``: the per-frame table (:data:`FRAME_COLUMNS`), one entry per frame.
+
+While being written the file is ``<backbone>.h5.partial``; only a complete file is renamed to
+its final name, so a reader never mistakes a half-written file for a finished one. A partial
+file whose settings match the request is resumed at ``frames_done``; one that does not match
+is never appended to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from lusfeat.errors import LusfeatError
+
+FORMAT_VERSION = 1
+PARTIAL_SUFFIX = ".partial"
+FRAME_COLUMNS = {
+    "path": str,
+    "frame_index": np.int32,
+    "patient_id": str,
+    "region": str,
+    "score": np.int8,
+    "video_id": str,
+    "group": str,
+}
+CHUNK_FRAMES = 64
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """Everything that defines a feature file; two files with equal configs hold equal features."""
+
+    backbone: str
+    weights: str  # "imagenet", "none" or the weights file's sha256
+    input_size: int
+    feature_dim: int
+    dtype: str
+    copies: int  # 1 + number of augmented copies
+    aug_rotation: float
+    aug_shift: float
+    aug_zoom: float
+    aug_flip: bool
+    seed: int
+    frame_step: int
+    manifest_sha256: str
+    pooling: str = "avg"
+    format_version: int = FORMAT_VERSION
+
+    def differences(self, other: ExtractionConfig) -> list[str]:
+        """``field: mine vs other`` for each field that differs."""
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return [f"{key}: {mine[key]!r} vs {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+
+
+def read_config(file: h5py.File | str | os.PathLike) -> ExtractionConfig:
+    if not isinstance(file, h5py.File):
+        with _open_for_reading(file) as handle:
+            return read_config(handle)
+    names = {field.name: field.type for field in dataclasses.fields(ExtractionConfig)}
+    missing = [name for name in names if name not in file.attrs]
+    if missing:
+        raise LusfeatError(f"{file.filename}: not a lusfeat feature file (attrs {', '.join(missing)} missing)")
+    values = {}
+    for name in names:
+        value = file.attrs[name]
+        values[name] = value.item() if isinstance(value, np.generic) else value
+    return ExtractionConfig(**values)
+
+
+def _open_for_reading(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        partial = path.with_name(path.name + PARTIAL_SUFFIX)
+        hint = f" ({partial} exists: the extraction did not finish; rerun it to resume)" if partial.exists() else ""
+        raise LusfeatError(f"feature file {path} not found{hint}; make it with python -m lusfeat.extract")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise LusfeatError(f"{path}: not a readable HDF5 file ({error}); rerun python -m lusfeat.extract --overwrite") from error
+
+
+def _write_frames(group: h5py.Group, frames: pd.DataFrame) -> None:
+    for column, kind in FRAME_COLUMNS.items():
+        if kind is str:
+            group.create_dataset(column, data=frames[column].astype(str).to_numpy(dtype=object), dtype=h5py.string_dtype())
+        else:
+            group.create_dataset(column, data=frames[column].to_numpy(dtype=kind))
+
+
+def _read_frames(group: h5py.Group) -> pd.DataFrame:
+    columns = {}
+    for column, kind in FRAME_COLUMNS.items():
+        data = group[column]
+        columns[column] = data.asstr()[:] if kind is str else data[:]
+    return pd.DataFrame(columns)
+
+
+def _same_frames(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    if len(a) != len(b):
+        return False
+    return all((a[column].astype(str).to_numpy() == b[column].astype(str).to_numpy()).all() for column in FRAME_COLUMNS)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("lusfeat", "tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "av", "pillow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+class FeatureWriter:
+    """Create or resume ``path`` (via ``path.partial``) for one config and frame table.
+
+    ``frames_done`` tells where to continue; call :meth:`write` with consecutive blocks and
+    :meth:`finish` at the end. A complete file with the same config is reported by
+    ``complete`` (nothing to do); any mismatch raises unless ``overwrite``.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: ExtractionConfig, frames: pd.DataFrame,
+                 *, overwrite: bool = False, weights_source: str = "") -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        self.config = config
+        self.frames_done = 0
+        self.complete = False
+        self._file: h5py.File | None = None
+        if overwrite:
+            for stale in (self.path, self.partial):
+                stale.unlink(missing_ok=True)
+        if self.path.exists():
+            self._check_matches(self.path, frames)
+            self.complete = True
+            self.frames_done = len(frames)
+            return
+        if self.partial.exists():
+            try:
+                handle = h5py.File(self.partial, "r+")
+            except OSError:
+                # A run killed in the middle of an HDF5 metadata write leaves an unreadable
+                # file; nothing in it can be trusted, so start over.
+                self.partial.unlink()
+            else:
+                self._file = handle
+                self._check_matches(self.partial, frames, handle)
+                self.frames_done = int(handle.attrs["frames_done"])
+                return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._create(frames, weights_source)
+
+    def _check_matches(self, path: Path, frames: pd.DataFrame, handle: h5py.File | None = None) -> None:
+        own = handle is None
+        handle = handle or _open_for_reading(path)
+        try:
+            differences = read_config(handle).differences(self.config)
+            if not differences and not _same_frames(_read_frames(handle["frames"]), frames):
+                differences = ["the per-frame table (files, frame counts or labels changed)"]
+        finally:
+            if own:
+                handle.close()
+        if differences:
+            if handle is not None and not own:
+                handle.close()
+            raise LusfeatError(
+                f"{path} was made with other settings ({'; '.join(differences)}; file vs request). "
+                "It is kept as it is: choose another --out folder, or pass --overwrite to replace it"
+            )
+
+    def _create(self, frames: pd.DataFrame, weights_source: str) -> h5py.File:
+        handle = h5py.File(self.partial, "w")
+        for key, value in dataclasses.asdict(self.config).items():
+            handle.attrs[key] = value
+        handle.attrs["weights_source"] = weights_source
+        handle.attrs["versions"] = json.dumps(package_versions())
+        handle.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        handle.attrs["frames_done"] = 0
+        handle.attrs["complete"] = False
+        n = len(frames)
+        shape = (self.config.copies, n, self.config.feature_dim)
+        chunks = (self.config.copies, max(1, min(CHUNK_FRAMES, n)), self.config.feature_dim)
+        handle.create_dataset("features", shape=shape, dtype=self.config.dtype, chunks=chunks)
+        _write_frames(handle.create_group("frames"), frames)
+        handle.flush()
+        return handle
+
+    def write(self, start: int, features: np.ndarray) -> None:
+        """Store ``features`` ``(copies, n, dim)`` for frames ``start .. start+n``; must follow on."""
+        if start != self.frames_done:
+            raise ValueError(f"write at {start}, expected {self.frames_done}")
+        stop = start + features.shape[1]
+        self._file["features"][:, start:stop, :] = features
+        # The counter moves only after the data is in: a kill between the two recomputes a block.
+        self._file.attrs["frames_done"] = stop
+        self._file.flush()
+        self.frames_done = stop
+
+    def finish(self) -> Path:
+        if self.complete:
+            return self.path
+        if self.frames_done != self._file["features"].shape[1]:
+            raise ValueError("finish() before every frame was written")
+        self._file.attrs["complete"] = True
+        self._file.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        self.complete = True
+        return self.path
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+@dataclass
+class FeatureSet:
+    """A feature file in memory: its config, per-frame table and ``features[copy, frame, dim]``."""
+
+    path: Path
+    config: ExtractionConfig
+    frames: pd.DataFrame
+    features: np.ndarray
+    attrs: dict[str, Any]
+
+
+def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtype: str = "float32") -> FeatureSet:
+    """Read a complete feature file (all copies, or those listed) into memory."""
+    with _open_for_reading(path) as handle:
+        if not handle.attrs.get("complete", False):
+            raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
+        config = read_config(handle)
+        frames = _read_frames(handle["frames"])
+        data = handle["features"]
+        features = (data[:] if copies is None else data[sorted(copies)]).astype(dtype, copy=False)
+        attrs = {key: (value.item() if isinstance(value, np.generic) else value) for key, value in handle.attrs.items()}
+    return FeatureSet(Path(path), config, frames, features, attrs)

@@ -1,0 +1,231 @@
+"""From frames to patients: video, region and global scores, and their agreement with the truth.
+
+Rules (Raillard et al., Fig. 4):
+
+- **region score** = the most frequent frame score among a patient's frames of that region;
+  a tie goes to the higher score (the more severe reading wins). ``rule="mean_proba"`` takes
+  instead the argmax of the mean frame probabilities (a tie again to the higher score).
+- **true region score** = the most frequent *true* frame score in the region, by the same rule
+  (COVID-BLUES scores each video once, but a region may have two videos with different scores).
+- **global score** = the sum of a patient's region scores, reported with the number of regions
+  scored beside it (6 BLUE points -> 0-18 for COVID-BLUES, 12 regions -> 0-36 in the paper).
+  Region names come from the data; no protocol is hard-coded.
+
+Every function takes a per-frame predictions table (``lusfeat.fit``'s ``predictions.csv``:
+``patient_id, region, video_id, score`` and ``<prefix>_p0..p3``, ``<prefix>_pred``) and a
+column prefix (``"head"`` or ``"logreg"``). A true score of -1 means unlabelled: such regions
+get a prediction but no truth, and are left out of the agreement.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from lusfeat.errors import LusfeatError
+
+CLASSES = (0, 1, 2, 3)
+RULES = ("mode", "mean_proba")
+UNLABELLED = -1
+
+
+def natural_key(value: object) -> tuple:
+    """Sort key putting ``2`` before ``10`` and ``L2`` before ``L10``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(value)) if part)
+
+
+def natural_sorted(values: Iterable) -> list:
+    return sorted(values, key=natural_key)
+
+
+def most_frequent(scores: Iterable[int]) -> int:
+    """The most frequent score; a tie goes to the higher score. -1 (unlabelled) for no labelled score."""
+    values = [int(score) for score in scores if int(score) != UNLABELLED]
+    if not values:
+        return UNLABELLED
+    counts = np.bincount(values, minlength=len(CLASSES))
+    return int(len(counts) - 1 - np.argmax(counts[::-1]))
+
+
+def argmax_high(values: np.ndarray) -> int:
+    """Index of the largest value; a tie goes to the higher index (the more severe score)."""
+    values = np.asarray(values)
+    return int(len(values) - 1 - np.argmax(values[::-1]))
+
+
+def proba_columns(prefix: str) -> list[str]:
+    return [f"{prefix}_p{k}" for k in CLASSES]
+
+
+def check_predictions(predictions: pd.DataFrame, prefix: str) -> None:
+    """Raise naming the missing columns if ``predictions`` cannot be aggregated for ``prefix``."""
+    needed = ["patient_id", "region", "score", f"{prefix}_pred", *proba_columns(prefix)]
+    missing = [column for column in needed if column not in predictions.columns]
+    if missing:
+        raise LusfeatError(f"predictions table lacks column(s) {', '.join(missing)} (prefix {prefix!r})")
+    if predictions.empty:
+        raise LusfeatError("predictions table has no rows")
+
+
+def _group_scores(predictions: pd.DataFrame, prefix: str, keys: list[str], rule: str) -> pd.DataFrame:
+    if rule not in RULES:
+        raise LusfeatError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
+    check_predictions(predictions, prefix)
+    table = predictions.assign(patient_id=predictions["patient_id"].astype(str),
+                               region=predictions["region"].astype(str))
+    probas = proba_columns(prefix)
+    rows = []
+    for key, frames in table.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        predicted = frames[f"{prefix}_pred"].astype(int).to_numpy()
+        truth = frames["score"].astype(int).to_numpy()
+        mean_proba = frames[probas].to_numpy(dtype=float).mean(axis=0)
+        counts = np.bincount(predicted, minlength=len(CLASSES))
+        true_counts = np.bincount(truth[truth != UNLABELLED], minlength=len(CLASSES))
+        pred = most_frequent(predicted) if rule == "mode" else argmax_high(mean_proba)
+        true = most_frequent(truth)
+        row = dict(zip(keys, key, strict=True))
+        if "fold" in frames.columns:
+            row["fold"] = int(frames["fold"].iloc[0])
+        row["frames"] = len(frames)
+        row.update({f"n_pred{k}": int(counts[k]) for k in CLASSES})
+        row.update({f"n_true{k}": int(true_counts[k]) for k in CLASSES})
+        row.update({f"p{k}": float(mean_proba[k]) for k in CLASSES})
+        row["truth"] = true
+        row["pred"] = pred
+        row["agree"] = bool(pred == true) if true != UNLABELLED else None
+        row["frame_accuracy"] = float((predicted == truth)[truth != UNLABELLED].mean()) if (truth != UNLABELLED).any() else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = sorted(range(len(out)), key=lambda i: tuple(natural_key(out.iloc[i][k]) for k in keys))
+    return out.iloc[order].reset_index(drop=True)
+
+
+def video_scores(predictions: pd.DataFrame, prefix: str = "head", rule: str = "mode") -> pd.DataFrame:
+    """One row per (patient, region, video): frame counts per predicted score, truth, score, agreement."""
+    keys = ["patient_id", "region", "video_id"] if "video_id" in predictions.columns else ["patient_id", "region", "path"]
+    return _group_scores(predictions, prefix, keys, rule)
+
+
+def region_scores(predictions: pd.DataFrame, prefix: str = "head", rule: str = "mode") -> pd.DataFrame:
+    """One row per (patient, region).
+
+    Columns: ``patient_id, region, [fold], frames, n_pred0..3`` (frames per predicted score),
+    ``n_true0..3`` (frames per true score), ``p0..p3`` (mean probabilities), ``truth`` (-1 if
+    unlabelled), ``pred`` (by ``rule``), ``agree`` (None if unlabelled), ``frame_accuracy``.
+    """
+    return _group_scores(predictions, prefix, ["patient_id", "region"], rule)
+
+
+def global_scores(regions: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient from :func:`region_scores`.
+
+    Columns: ``patient_id, [fold], regions`` (number scored), ``max_score`` (3 per region),
+    ``pred`` (sum of predicted region scores), ``truth`` (sum of true region scores; NaN when a
+    region is unlabelled), ``abs_error``, ``regions_agree`` and ``region_names``.
+    """
+    rows = []
+    for patient, table in regions.groupby("patient_id", sort=False):
+        labelled = table["truth"] != UNLABELLED
+        truth = float(table["truth"].sum()) if labelled.all() else math.nan
+        row = {"patient_id": patient}
+        if "fold" in table.columns:
+            row["fold"] = int(table["fold"].iloc[0])
+        row.update({
+            "regions": len(table),
+            "max_score": 3 * len(table),
+            "frames": int(table["frames"].sum()),
+            "pred": int(table["pred"].sum()),
+            "truth": truth,
+            "abs_error": abs(truth - table["pred"].sum()) if labelled.all() else math.nan,
+            "regions_agree": int(table.loc[labelled, "agree"].astype(bool).sum()),
+            "regions_labelled": int(labelled.sum()),
+            "region_names": " ".join(natural_sorted(table["region"].astype(str))),
+        })
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.iloc[sorted(range(len(out)), key=lambda i: natural_key(out["patient_id"].iloc[i]))].reset_index(drop=True)
+
+
+def _correlation(function, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan, math.nan  # undefined for fewer than two points or a constant
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = function(x, y)
+    return float(result[0]), float(result[1])
+
+
+def agreement(regions: pd.DataFrame, patients: pd.DataFrame) -> dict:
+    """Region-level accuracy and quadratic-weighted kappa, global-score MAE, Pearson and Spearman.
+
+    Unlabelled regions and patients with an unlabelled region are left out; counts say how
+    many went in. Undefined values (a kappa or correlation of a constant) are NaN.
+    """
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    labelled = regions[regions["truth"] != UNLABELLED]
+    truth, pred = labelled["truth"].astype(int).to_numpy(), labelled["pred"].astype(int).to_numpy()
+    if len(labelled) and len(set(truth) | set(pred)) > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qwk = float(cohen_kappa_score(truth, pred, weights="quadratic", labels=list(CLASSES)))
+    else:
+        qwk = math.nan
+    scored = patients.dropna(subset=["truth"])
+    true_global, pred_global = scored["truth"].to_numpy(float), scored["pred"].to_numpy(float)
+    pearson, pearson_p = _correlation(pearsonr, true_global, pred_global)
+    spearman, spearman_p = _correlation(spearmanr, true_global, pred_global)
+    return {
+        "regions": int(len(labelled)),
+        "region_accuracy": float((truth == pred).mean()) if len(labelled) else math.nan,
+        "region_qwk": qwk,
+        "patients": int(len(scored)),
+        "global_mae": float(np.abs(true_global - pred_global).mean()) if len(scored) else math.nan,
+        "global_pearson": pearson,
+        "global_pearson_p": pearson_p,
+        "global_spearman": spearman,
+        "global_spearman_p": spearman_p,
+        "regions_per_patient": sorted({int(n) for n in patients["regions"]}),
+    }
+
+
+@dataclass
+class Aggregate:
+    """Region and global scores of one model (prefix) on one predictions table, with their agreement."""
+
+    prefix: str
+    rule: str
+    regions: pd.DataFrame
+    patients: pd.DataFrame
+    agreement: dict = field(default_factory=dict)
+
+
+def aggregate(predictions: pd.DataFrame, prefix: str = "head", rule: str = "mode") -> Aggregate:
+    """Region scores, global scores and agreement of ``prefix``'s predictions, by ``rule``."""
+    regions = region_scores(predictions, prefix, rule)
+    patients = global_scores(regions)
+    return Aggregate(prefix, rule, regions, patients, agreement(regions, patients))
+
+
+def patient_table(regions: pd.DataFrame, patient_id: str) -> pd.DataFrame:
+    """The paper's Fig. 4 for one patient: per region, frames per predicted score, truth, score, agreement,
+    and a last ``global`` row (sums, with the number of regions)."""
+    table = regions[regions["patient_id"].astype(str) == str(patient_id)]
+    if table.empty:
+        raise LusfeatError(f"patient {patient_id!r} not in the predictions")
+    columns = ["region", "frames", *[f"n_pred{k}" for k in CLASSES], "truth", "pred", "agree"]
+    out = table[columns].copy()
+    labelled = (table["truth"] != UNLABELLED).all()
+    total = {"region": f"global ({len(table)} regions, 0-{3 * len(table)})", "frames": int(table["frames"].sum()),
+             **{f"n_pred{k}": int(table[f"n_pred{k}"].sum()) for k in CLASSES},
+             "truth": int(table["truth"].sum()) if labelled else UNLABELLED, "pred": int(table["pred"].sum())}
+    total["agree"] = bool(total["truth"] == total["pred"]) if labelled else None
+    return pd.concat([out, pd.DataFrame([total])], ignore_index=True)

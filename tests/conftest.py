@@ -51,6 +51,67 @@ def write_manifest(rows: pd.DataFrame, path: Path) -> Path:
 
 @pytest.fixture
 def two_patient_manifest(blues_manifest: pd.DataFrame, tmp_path: Path) -> Path:
-    """Manifest of two COVID-BLUES patients (12 videos), one covid and one negative."""
+    """Manifest of two COVID-BLUES patients (12 videos), one covid and one negative (13 videos)."""
     rows = blues_manifest[blues_manifest["patient_id"].isin(["1", "9"])]
     return write_manifest(rows, tmp_path / "two.csv")
+
+
+# --------------------------------------------------------------------------- added for report / predict tests
+
+
+def write_synthetic_run(run_dir: Path, *, backbone: str = "mobilenet", folds: int = 3, patients_per_fold: int = 2,
+                        regions: tuple[str, ...] = ("L1", "L2", "L3", "R1", "R2", "R3"), frames_per_video: int = 4,
+                        pooled: bool = True, seed: int = 0) -> Path:
+    """A run folder as ``lusfeat.fit`` writes it (folds.csv, predictions.csv, metrics.json, model.json), with
+    made-up patients and predictions: no data, no network. Head and logreg are right on most frames."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    patients = [str(i + 1) for i in range(folds * patients_per_fold)]
+    fold_of = {p: i % folds + 1 for i, p in enumerate(patients)}
+    pd.DataFrame({"patient_id": patients, "fold": [fold_of[p] for p in patients]}).to_csv(run_dir / "folds.csv", index=False)
+    rows = []
+    for patient in patients:
+        for region in regions:
+            truth = int(rng.integers(4))
+            for index in range(frames_per_video):
+                row = {"path": f"videos/patient_{patient}_{region}.mp4", "frame_index": index * 10,
+                       "patient_id": patient, "region": region, "video_id": f"patient_{patient}_{region}",
+                       "group": "covid" if int(patient) % 2 else "negative", "score": truth}
+                for prefix, skill in (("head", 0.75), ("logreg", 0.6)):
+                    pred = truth if rng.random() < skill else int(rng.integers(4))
+                    proba = rng.dirichlet(np.ones(4)) * 0.4
+                    proba[pred] += 0.6
+                    row.update({f"{prefix}_p{k}": float(proba[k]) for k in range(4)})
+                    row[f"{prefix}_pred"] = int(np.argmax(proba))
+                row["fold"] = fold_of[patient]
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    extraction = {"backbone": backbone, "weights": "imagenet", "input_size": 224, "feature_dim": 256, "dtype": "float32",
+                  "copies": 1, "aug_rotation": 10.0, "aug_shift": 0.1, "aug_zoom": 0.1, "aug_flip": True, "seed": 0,
+                  "frame_step": 10, "manifest_sha256": "0" * 64, "pooling": "avg", "format_version": 1}
+    for fold in range(1, folds + 1):
+        folder = run_dir / backbone / f"fold{fold}"
+        folder.mkdir(parents=True)
+        test = table[table["fold"] == fold]
+        test.to_csv(folder / "predictions.csv", index=False)
+        metrics = {"backbone": backbone, "fold": fold, "agreement_kappa": 0.5, "warnings": [],
+                   **{prefix: {"accuracy": float((test[f"{prefix}_pred"] == test["score"]).mean()), "fit_seconds": 1.0}
+                      for prefix in ("head", "logreg")}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        model = {"backbone": backbone, "fold": fold, "extraction": extraction, "weights_source": "imagenet",
+                 "feature_dim": 256, "classes": [0, 1, 2, 3],
+                 "train_patients": [p for p in patients if fold_of[p] != fold], "lusfeat_version": "0.1.0"}
+        (folder / "model.json").write_text(json.dumps(model))
+    if pooled:
+        (run_dir / backbone / "pooled").mkdir()
+        table.to_csv(run_dir / backbone / "pooled" / "predictions.csv", index=False)
+    return run_dir
+
+
+@pytest.fixture
+def synthetic_run(tmp_path: Path) -> Path:
+    """A made-up 3-fold, 6-patient, 6-region run folder of one backbone (see :func:`write_synthetic_run`)."""
+    return write_synthetic_run(tmp_path / "run")

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lusfeat.extract import main
+from lusfeat.store import FeatureWriter, load_features
+
+
+def _run(manifest: Path, out: Path, data_root: Path, weights: str, *extra: str) -> int:
+    return main(["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "mobilenet",
+                 "--weights", weights, "--frame-step", "20", "--out", str(out), "--no-progress", *extra])
+
+
+def test_two_patients_end_to_end(two_patient_manifest, data_root, weights_dir, tmp_path, capsys):
+    assert _run(two_patient_manifest, tmp_path / "real", data_root, str(weights_dir)) == 0
+    assert "mobilenet: written" in capsys.readouterr().out
+    real = load_features(tmp_path / "real" / "mobilenet.h5")
+    # 13 videos; frames 0, 20, 40, ... of each.
+    assert real.features.shape == (3, len(real.frames), 256)
+    assert set(real.frames["patient_id"]) == {"1", "9"} and real.frames["video_id"].nunique() == 13  # patient 9 has a second R3 recording
+    assert (real.frames["frame_index"] % 20 == 0).all()
+    first = real.frames[real.frames["video_id"] == "patient_9_L1"]
+    assert (first["score"] == 3).all() and (first["group"] == "negative").all()
+    assert real.config.weights == "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
+    assert real.config.copies == 3 and real.config.frame_step == 20
+    # Augmented copies are close to, but not the same as, the original frame's features.
+    assert not np.allclose(real.features[0], real.features[1])
+    assert _run(two_patient_manifest, tmp_path / "random", data_root, "none", "--augment-copies", "0") == 0
+    random = load_features(tmp_path / "random" / "mobilenet.h5")
+    assert random.config.weights == "none" and random.features.shape[0] == 1
+    assert not np.allclose(real.features[0], random.features[0], atol=1e-3)
+    # A second identical run recomputes nothing.
+    assert _run(two_patient_manifest, tmp_path / "real", data_root, str(weights_dir)) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_to_identical_features(two_patient_manifest, data_root, weights_dir, tmp_path,
+                                                       monkeypatch):
+    step = ("--frame-step", "10", "--augment-copies", "1")  # two 64-frame blocks at least
+    assert _run(two_patient_manifest, tmp_path / "whole", data_root, str(weights_dir), *step) == 0
+    original_write = FeatureWriter.write
+    calls = []
+
+    def dies_after_one_block(self, start, features):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(start)
+        original_write(self, start, features)
+
+    monkeypatch.setattr(FeatureWriter, "write", dies_after_one_block)
+    assert _run(two_patient_manifest, tmp_path / "cut", data_root, str(weights_dir), *step) == 130
+    assert (tmp_path / "cut" / "mobilenet.h5.partial").exists() and not (tmp_path / "cut" / "mobilenet.h5").exists()
+    monkeypatch.setattr(FeatureWriter, "write", original_write)
+    assert _run(two_patient_manifest, tmp_path / "cut", data_root, str(weights_dir), *step) == 0
+    whole = load_features(tmp_path / "whole" / "mobilenet.h5")
+    resumed = load_features(tmp_path / "cut" / "mobilenet.h5")
+    assert len(whole.frames) > 64 and calls == [0]
+    assert resumed.frames.equals(whole.frames)
+    np.testing.assert_allclose(resumed.features, whole.features, rtol=1e-6, atol=1e-6)
+
+
+def test_other_settings_are_refused_without_touching_the_file(two_patient_manifest, data_root, weights_dir,
+                                                              tmp_path, capsys):
+    assert _run(two_patient_manifest, tmp_path, data_root, str(weights_dir)) == 0
+    file = tmp_path / "mobilenet.h5"
+    stamp = os.stat(file).st_mtime_ns
+    assert _run(two_patient_manifest, tmp_path, data_root, str(weights_dir), "--seed", "3") == 1
+    assert "seed: 0 vs 3" in capsys.readouterr().err
+    assert os.stat(file).st_mtime_ns == stamp
+    assert _run(two_patient_manifest, tmp_path, data_root, str(weights_dir), "--seed", "3", "--overwrite") == 0
+    assert load_features(file).config.seed == 3
+
+
+def test_one_backbone_without_weights_does_not_stop_the_others(two_patient_manifest, data_root, weights_dir,
+                                                               tmp_path, capsys):
+    only_mobilenet = tmp_path / "weights"
+    only_mobilenet.mkdir()
+    (only_mobilenet / "mobilenet_0.25_224_imagenet_notop.h5").symlink_to(weights_dir / "mobilenet_0.25_224_imagenet_notop.h5")
+    code = main(["--manifest", str(two_patient_manifest), "--data-root", str(data_root), "--backbone", "vgg16,mobilenet",
+                 "--weights", str(only_mobilenet), "--frame-step", "50", "--augment-copies", "0", "--out",
+                 str(tmp_path / "out"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "vgg16: weights folder" in captured.err and "1 backbone(s) failed" in captured.err
+    assert "mobilenet: written" in captured.out and (tmp_path / "out" / "mobilenet.h5").exists()
+
+
+def test_bad_manifest_stops_before_any_work(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,region,score\na.mp4,1,L1,7\n")
+    assert main(["--manifest", str(manifest), "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "line 2: score '7' is not an integer 0-3" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argument", [["--backbone", "alexnet"], ["--augment-copies", "-1"]])
+def test_bad_options(tmp_path, capsys, argument):
+    assert main(["--manifest", str(tmp_path / "none.csv"), *argument]) == 1
+    assert "error:" in capsys.readouterr().err

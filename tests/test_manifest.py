@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lusfeat.errors import LusfeatError
+from lusfeat.manifest import build_covid_blues_manifest, main, read_manifest
+
+VIDEO = "COVID-BLUES/lus_videos/patient_1_L1.mp4"
+
+
+def _manifest(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    return path
+
+
+def _error(path: Path, root: Path, **kwargs) -> str:
+    with pytest.raises(LusfeatError) as info:
+        read_manifest(path, root, **kwargs)
+    return str(info.value)
+
+
+def test_reads_valid_rows_and_resolves_paths(tmp_path, data_root):
+    path = _manifest(tmp_path, f"path,patient_id,region,score\n{VIDEO},1,L1,0\n")
+    table = read_manifest(path, data_root)
+    assert table.loc[0, "score"] == 0
+    assert table.loc[0, "video_id"] == "patient_1_L1"  # defaulted from the file name
+    assert table.loc[0, "frame"] == -1
+    assert Path(table.loc[0, "file"]).is_file()
+
+
+def test_data_root_from_environment(tmp_path, data_root, monkeypatch):
+    path = _manifest(tmp_path, f"path,patient_id,region,score\n{VIDEO},1,L1,0\n")
+    monkeypatch.setenv("LUSFEAT_DATA_ROOT", str(data_root))
+    assert len(read_manifest(path)) == 1
+    monkeypatch.delenv("LUSFEAT_DATA_ROOT")
+    assert "not found under data root" in _error(path, None)
+
+
+def test_missing_column_is_named(tmp_path):
+    path = _manifest(tmp_path, "path,patient_id,score\nx.png,1,0\n")
+    assert "missing column(s) region" in _error(path, tmp_path)
+
+
+def test_empty_manifest(tmp_path):
+    path = _manifest(tmp_path, "path,patient_id,region,score\n")
+    assert "no rows" in _error(path, tmp_path)
+
+
+def test_missing_manifest_file(tmp_path):
+    assert "not found" in _error(tmp_path / "nope.csv", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (f"{VIDEO},1,L1,4", "line 2: score '4' is not an integer 0-3"),
+        (f"{VIDEO},1,L1,1.5", "line 2: score '1.5' is not an integer 0-3"),
+        (f"{VIDEO},1,L1,", "line 2: score '' is not an integer 0-3"),
+        (f"{VIDEO},1,L1,high", "line 2: score 'high' is not an integer 0-3"),
+        (f"{VIDEO},,L1,1", "line 2: empty patient_id"),
+        (f"{VIDEO},1,,1", "line 2: empty region"),
+        ("COVID-BLUES/lus_videos/nope.mp4,1,L1,1", "line 2: file 'COVID-BLUES/lus_videos/nope.mp4' not found"),
+        ("COVID-BLUES/severity.csv,1,L1,1", "is not an image or video file"),
+    ],
+)
+def test_row_errors_name_line_and_value(tmp_path, data_root, row, expected):
+    path = _manifest(tmp_path, f"path,patient_id,region,score\n{row}\n")
+    assert expected in _error(path, data_root)
+
+
+def test_unlabelled_rows_allowed_for_prediction(tmp_path, data_root):
+    path = _manifest(tmp_path, f"path,patient_id,region,score\n{VIDEO},1,L1,\n")
+    assert read_manifest(path, data_root, require_scores=False).loc[0, "score"] == -1
+
+
+def test_duplicates_and_contradictions(tmp_path, data_root):
+    path = _manifest(tmp_path, f"path,patient_id,region,score\n{VIDEO},1,L1,0\n{VIDEO},1,L1,0\n{VIDEO},1,L1,2\n")
+    message = _error(path, data_root)
+    assert "line 3: 'COVID-BLUES/lus_videos/patient_1_L1.mp4' is a duplicate of line 2" in message
+    assert "line 4:" in message and "with different labels" in message
+
+
+def test_unreadable_media_is_refused(tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00not a video" * 50)
+    shutil.copy(Path(__file__), tmp_path / "fake.png")
+    path = _manifest(tmp_path, "path,patient_id,region,score\nbroken.mp4,1,L1,0\nfake.png,1,L2,0\n")
+    message = _error(path, tmp_path)
+    assert "line 2: 'broken.mp4' is not a readable image or video" in message
+    assert "line 3: 'fake.png' is not a readable image or video" in message
+
+
+def test_all_files_absent_says_how_to_get_covid_blues(tmp_path):
+    path = _manifest(tmp_path, "path,patient_id,region,score\na.mp4,1,L1,0\n")
+    assert "github.com/NinaWie/COVID-BLUES" in _error(path, tmp_path)
+
+
+def test_covid_blues_manifest_matches_the_committed_one(data_root):
+    built = build_covid_blues_manifest(data_root / "COVID-BLUES")
+    committed = pd.read_csv(Path(__file__).parents[1] / "data_manifest.csv", dtype=str, keep_default_na=False)
+    assert len(built) == 362 and built["patient_id"].nunique() == 63
+    assert set(built["region"]) == {"L1", "L2", "L3", "R1", "R2", "R3"}
+    assert built["score"].value_counts().sort_index().tolist() == [120, 111, 83, 48]
+    assert built.groupby("group")["patient_id"].nunique().to_dict() == {"covid": 33, "negative": 30}
+    assert built.astype(str).equals(committed)
+
+
+def test_check_command(capsys, data_root, tmp_path):
+    manifest = Path(__file__).parents[1] / "data_manifest.csv"
+    assert main(["check", str(manifest), "--data-root", str(data_root)]) == 0
+    assert "362 rows, 63 patients, 6 regions" in capsys.readouterr().out
+    assert main(["check", str(tmp_path / "nope.csv")]) == 1
+    assert "not found" in capsys.readouterr().err

@@ -136,7 +136,8 @@ class FeatureWriter:
 
     ``frames_done`` tells where to continue; call :meth:`write` with consecutive blocks and
     :meth:`finish` at the end. A complete file with the same config is reported by
-    ``complete`` (nothing to do); any mismatch raises unless ``overwrite``.
+    ``complete`` (nothing to do); any mismatch raises unless ``overwrite``, which starts a new
+    file (or resumes a matching partial one) and replaces the old file only when done.
     """
 
     def __init__(self, path: str | os.PathLike, config: ExtractionConfig, frames: pd.DataFrame,
@@ -147,11 +148,10 @@ class FeatureWriter:
         self.frames_done = 0
         self.complete = False
         self._file: h5py.File | None = None
-        if overwrite:
-            for stale in (self.path, self.partial):
-                stale.unlink(missing_ok=True)
-        if self.path.exists():
-            self._check_matches(self.path, frames)
+        # With overwrite the old file stays readable until the new one replaces it at finish().
+        if self.path.exists() and not overwrite:
+            with _open_for_reading(self.path) as handle:
+                self._refuse_if_different(self.path, handle, frames)
             self.complete = True
             self.frames_done = len(frames)
             return
@@ -163,26 +163,25 @@ class FeatureWriter:
                 # file; nothing in it can be trusted, so start over.
                 self.partial.unlink()
             else:
-                self._file = handle
-                self._check_matches(self.partial, frames, handle)
-                self.frames_done = int(handle.attrs["frames_done"])
-                return
+                try:
+                    self._refuse_if_different(self.partial, handle, frames)
+                except LusfeatError:
+                    handle.close()
+                    if not overwrite:
+                        raise
+                    self.partial.unlink()
+                else:
+                    self._file = handle
+                    self.frames_done = int(handle.attrs["frames_done"])
+                    return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self._create(frames, weights_source)
 
-    def _check_matches(self, path: Path, frames: pd.DataFrame, handle: h5py.File | None = None) -> None:
-        own = handle is None
-        handle = handle or _open_for_reading(path)
-        try:
-            differences = read_config(handle).differences(self.config)
-            if not differences and not _same_frames(_read_frames(handle["frames"]), frames):
-                differences = ["the per-frame table (files, frame counts or labels changed)"]
-        finally:
-            if own:
-                handle.close()
+    def _refuse_if_different(self, path: Path, handle: h5py.File, frames: pd.DataFrame) -> None:
+        differences = read_config(handle).differences(self.config)
+        if not differences and not _same_frames(_read_frames(handle["frames"]), frames):
+            differences = ["the per-frame table (files, frame counts or labels changed)"]
         if differences:
-            if handle is not None and not own:
-                handle.close()
             raise LusfeatError(
                 f"{path} was made with other settings ({'; '.join(differences)}; file vs request). "
                 "It is kept as it is: choose another --out folder, or pass --overwrite to replace it"

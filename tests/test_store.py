@@ -78,6 +78,13 @@ def test_mismatched_settings_are_refused_and_kept(tmp_path):
     assert path.read_bytes() == before
     with FeatureWriter(path, _config(seed=1), _frames(), overwrite=True) as writer:
         assert writer.frames_done == 0
+        writer.write(0, _features()[:, :64])
+    assert read_config(path).seed == 0  # the old file stands until the new one is complete
+    with FeatureWriter(path, _config(seed=1), _frames(), overwrite=True) as writer:
+        assert writer.frames_done == 64  # a matching partial file is resumed
+        writer.write(64, _features()[:, 64:])
+        writer.finish()
+    assert read_config(path).seed == 1
 
 
 def test_partial_file_with_other_settings_is_not_appended_to(tmp_path):

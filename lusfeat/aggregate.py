@@ -154,8 +154,8 @@ def global_scores(regions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _correlation(function, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return math.nan, math.nan  # undefined for fewer than two points or a constant
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan, math.nan  # undefined for a constant; two points always give +-1, which says nothing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = function(x, y)

@@ -68,6 +68,7 @@ def write_synthetic_run(run_dir: Path, *, backbone: str = "mobilenet", folds: in
 
     import numpy as np
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     patients = [str(i + 1) for i in range(folds * patients_per_fold)]
     fold_of = {p: i % folds + 1 for i, p in enumerate(patients)}

@@ -1,0 +1,521 @@
+"""The report of a ``lusfeat.fit`` run: one self-contained HTML file and a Markdown summary.
+
+    python -m lusfeat.report RUN_DIR [--rule mode|mean_proba] [--out RUN_DIR/report.html]
+
+Reads ``RUN_DIR/folds.csv`` and, for every backbone, ``<backbone>/fold<k>/{predictions.csv,
+metrics.json, model.json}`` and ``<backbone>/pooled/`` (made from the folds when absent), and
+writes ``RUN_DIR/report.html`` (figures embedded as base64 PNG: it opens offline, and can be
+mailed as one file) and ``RUN_DIR/summary.md``. Per backbone and per fold (and pooled): the
+frame metric table, ROC curves, confusion matrices, accuracy per region, region and global
+score agreement, and the per-patient tables of the paper's Fig. 4 with agreement coloured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lusfeat.aggregate import (
+    CLASSES,
+    RULES,
+    UNLABELLED,
+    Aggregate,
+    aggregate,
+    natural_sorted,
+    video_scores,
+)
+from lusfeat.errors import LusfeatError
+
+KNOWN_PREFIXES = ("head", "logreg")
+FOLD_DIR = re.compile(r"^fold(\d+)$")
+DTYPES = {"patient_id": str, "region": str, "video_id": str, "path": str, "group": str}
+
+
+# --------------------------------------------------------------------------- reading the run
+
+
+@dataclass
+class Section:
+    """One backbone on one test set: a fold, or all folds pooled."""
+
+    backbone: str
+    name: str  # "fold 1", "pooled"
+    predictions: pd.DataFrame
+    metrics: dict | None
+    model: dict | None
+    note: str = ""
+    aggregates: list[Aggregate] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", f"{self.backbone}-{self.name}".lower())
+
+    @property
+    def prefixes(self) -> list[str]:
+        return [agg.prefix for agg in self.aggregates]
+
+
+@dataclass
+class Run:
+    path: Path
+    folds: pd.DataFrame | None
+    sections: dict[str, list[Section]]  # backbone -> folds then pooled
+
+
+def model_prefixes(predictions: pd.DataFrame) -> list[str]:
+    """Column prefixes with a ``_pred`` and ``_p0.._p3`` columns: head and logreg first."""
+    found = [c[: -len("_pred")] for c in predictions.columns if c.endswith("_pred")]
+    found = [p for p in found if all(f"{p}_p{k}" in predictions.columns for k in CLASSES)]
+    return [p for p in KNOWN_PREFIXES if p in found] + [p for p in found if p not in KNOWN_PREFIXES]
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=DTYPES, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise LusfeatError(f"{path}: not a readable predictions CSV ({error})") from error
+    if not model_prefixes(table) or "score" not in table.columns:
+        raise LusfeatError(f"{path}: no score and <model>_pred/_p0.._p3 columns; is it a lusfeat.fit predictions.csv?")
+    return table
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise LusfeatError(f"{path}: not readable JSON ({error})") from error
+
+
+def _section(backbone: str, name: str, folder: Path, predictions: pd.DataFrame, rule: str, note: str = "") -> Section:
+    section = Section(backbone, name, predictions, _read_json(folder / "metrics.json"), _read_json(folder / "model.json"), note)
+    section.aggregates = [aggregate(predictions, prefix, rule) for prefix in model_prefixes(predictions)]
+    return section
+
+
+def load_run(run_dir: str | os.PathLike, rule: str = "mode") -> Run:
+    """Every backbone, fold and pooled test set of a run folder, aggregated by ``rule``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LusfeatError(f"run folder {run_dir} not found; make one with python -m lusfeat.fit")
+    folds_csv = run_dir / "folds.csv"
+    folds = pd.read_csv(folds_csv, dtype={"patient_id": str}) if folds_csv.is_file() else None
+    sections: dict[str, list[Section]] = {}
+    for backbone_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        fold_dirs = sorted((p for p in backbone_dir.iterdir() if FOLD_DIR.match(p.name) and (p / "predictions.csv").is_file()),
+                           key=lambda p: int(FOLD_DIR.match(p.name).group(1)))
+        found = []
+        for fold_dir in fold_dirs:
+            found.append(_section(backbone_dir.name, f"fold {FOLD_DIR.match(fold_dir.name).group(1)}", fold_dir,
+                                  read_predictions(fold_dir / "predictions.csv"), rule))
+        pooled_dir = backbone_dir / "pooled"
+        if (pooled_dir / "predictions.csv").is_file():
+            found.append(_section(backbone_dir.name, "pooled", pooled_dir, read_predictions(pooled_dir / "predictions.csv"), rule))
+        elif len(found) > 1:
+            pooled = pd.concat([s.predictions for s in found], ignore_index=True)
+            if pooled.groupby("patient_id")["fold"].nunique().max() > 1 if "fold" in pooled.columns else False:
+                raise LusfeatError(f"{backbone_dir}: a patient is in the test set of two folds; the folds are not patient-level")
+            found.append(_section(backbone_dir.name, "pooled", pooled_dir, pooled, rule,
+                                  note=f"made by the report from the {len(found)} fold predictions (no pooled/ folder)"))
+        if found:
+            sections[backbone_dir.name] = found
+    if not sections:
+        raise LusfeatError(f"{run_dir}: no <backbone>/fold<k>/predictions.csv found; is it a lusfeat.fit run folder?")
+    return Run(run_dir, folds, sections)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _lookup(metrics: dict | None, prefix: str, *names: str):
+    block = (metrics or {}).get(prefix) or {}
+    for name in names:
+        value = block
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
+    return None
+
+
+def frame_metrics(section: Section, prefix: str) -> dict:
+    """Frame-level numbers of one model: from metrics.json where it has them, else computed here."""
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+
+    frames = section.predictions[section.predictions["score"].astype(int) != UNLABELLED]
+    truth, pred = frames["score"].astype(int), frames[f"{prefix}_pred"].astype(int)
+    out = {
+        "accuracy": _lookup(section.metrics, prefix, "accuracy"),
+        "macro_f1": _lookup(section.metrics, prefix, "macro_f1", "f1_macro"),
+        "qwk": _lookup(section.metrics, prefix, "qwk", "quadratic_kappa"),
+        "roc_auc_macro": _lookup(section.metrics, prefix, "roc_auc_macro", "auc_macro"),
+        "fit_seconds": _lookup(section.metrics, prefix, "fit_seconds"),
+    }
+    if out["accuracy"] is None:
+        out["accuracy"] = accuracy_score(truth, pred)
+    if out["macro_f1"] is None:
+        out["macro_f1"] = f1_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0)
+    if out["qwk"] is None:
+        out["qwk"] = cohen_kappa_score(truth, pred, weights="quadratic", labels=list(CLASSES)) if len(set(truth) | set(pred)) > 1 else math.nan
+    if out["roc_auc_macro"] is None:
+        present = sorted(set(truth))
+        try:
+            proba = frames[[f"{prefix}_p{k}" for k in CLASSES]].to_numpy(float)
+            out["roc_auc_macro"] = roc_auc_score(truth, proba[:, present] / proba[:, present].sum(1, keepdims=True),
+                                                 multi_class="ovr", average="macro", labels=present) if len(present) > 2 else math.nan
+        except ValueError:
+            out["roc_auc_macro"] = math.nan
+    videos = video_scores(section.predictions, prefix, section.aggregates[0].rule)
+    labelled = videos[videos["truth"] != UNLABELLED]
+    out["video_accuracy"] = float((labelled["truth"] == labelled["pred"]).mean()) if len(labelled) else math.nan
+    out["frames"] = len(frames)
+    out["videos"] = len(labelled)
+    return out
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return "p<0.001" if value < 0.001 else f"p={value:.3f}"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+METRIC_COLUMNS = [  # (header, source, key, digits)
+    ("frames", "frame", "frames", 0),
+    ("frame acc", "frame", "accuracy", 3),
+    ("macro F1", "frame", "macro_f1", 3),
+    ("frame QWK", "frame", "qwk", 3),
+    ("AUC (macro OvR)", "frame", "roc_auc_macro", 3),
+    ("video acc", "frame", "video_accuracy", 3),
+    ("regions", "agree", "regions", 0),
+    ("region acc", "agree", "region_accuracy", 3),
+    ("region QWK", "agree", "region_qwk", 3),
+    ("patients", "agree", "patients", 0),
+    ("global MAE", "agree", "global_mae", 2),
+    ("Pearson r", "agree", "global_pearson", 3),
+    ("Spearman rho", "agree", "global_spearman", 3),
+]
+
+
+def metric_rows(section: Section) -> list[tuple[str, list[str]]]:
+    rows = []
+    for agg in section.aggregates:
+        frame = frame_metrics(section, agg.prefix)
+        values = [_fmt(frame[key] if source == "frame" else agg.agreement[key], digits)
+                  for _, source, key, digits in METRIC_COLUMNS]
+        rows.append((agg.prefix, values))
+    return rows
+
+
+# --------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;
+     color:#222;line-height:1.4;padding:0 16px}
+h1{font-size:26px;margin-bottom:4px} h2{font-size:21px;border-bottom:2px solid #345;padding-bottom:4px;margin-top:36px}
+h3{font-size:17px;margin-top:28px;color:#234} h4{font-size:14px;margin:18px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 12px}
+th,td{border:1px solid #c8ccd0;padding:3px 7px;text-align:right}
+th{background:#eef1f4} td.l,th.l{text-align:left}
+.note{color:#555;font-size:13px} .box{background:#f6f8fa;border:1px solid #dde;padding:8px 14px;border-radius:4px}
+.ok{background:#cdebd3} .near{background:#fbe7b5} .bad{background:#f4c4c6} .na{background:#eee}
+img{max-width:100%;height:auto;border:1px solid #e3e3e3;margin:4px 0}
+.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0;flex:0 1 calc(50% - 6px);max-width:calc(50% - 6px)} figure img{width:100%} figcaption{font-weight:bold;font-size:14px;margin:10px 0 2px}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #ccd;border-radius:4px;padding:6px 8px;flex:0 0 auto}
+.card table{margin:2px 0;font-size:12px} .card h4{margin:2px 0 4px}
+nav ul{columns:3;font-size:13px}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _img(figure, alt: str) -> str:
+    from lusfeat.figures import png_bytes
+
+    data = base64.b64encode(png_bytes(figure)).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    head = "".join(f'<th class="l">{_esc(h)}</th>' if i < left else f"<th>{_esc(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell if cell.startswith("<td") else (f'<td class="l">{cell}</td>' if i < left else f"<td>{cell}</td>")
+                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _score_cell(pred, truth, near: int = 1) -> str:
+    if truth is None or (isinstance(truth, float) and math.isnan(truth)) or truth == UNLABELLED:
+        return f'<td class="na">{_esc(pred)}</td>'
+    diff = abs(float(pred) - float(truth))
+    kind = "ok" if diff == 0 else ("near" if diff <= near else "bad")
+    return f'<td class="{kind}">{_esc(int(pred))}</td>'
+
+
+def _metrics_html(section: Section) -> str:
+    header = ["model"] + [h for h, *_ in METRIC_COLUMNS]
+    return _table(header, [[_esc(p)] + v for p, v in metric_rows(section)])
+
+
+def _figures_html(section: Section) -> str:
+    from lusfeat.figures import (
+        confusion_figure,
+        global_scatter_figure,
+        region_accuracy_figure,
+        region_confusion_figure,
+        roc_figure,
+    )
+
+    p, aggs = section.prefixes, section.aggregates
+    title = f"{section.backbone} {section.name}"
+    figures = [
+        ("ROC curves (frames, one vs rest)", roc_figure(section.predictions, p)),
+        ("Confusion matrices (frames, normalised by true score)", confusion_figure(section.predictions, p)),
+        ("Accuracy per region (frames)", region_accuracy_figure(section.predictions, p)),
+        ("Region scores: truth vs predicted", region_confusion_figure(aggs)),
+        ("Global score per patient: predicted vs truth", global_scatter_figure(aggs)),
+    ]
+    cells = "".join(f"<figure><figcaption>{_esc(caption)}</figcaption>{_img(figure, f'{caption}, {title}')}</figure>"
+                    for caption, figure in figures)
+    return f'<div class="figs">{cells}</div>'
+
+
+
+def _patient_summary_html(section: Section) -> str:
+    """One row per patient: regions, true global score and each model's, coloured by agreement."""
+    by_prefix = {agg.prefix: agg.patients.set_index("patient_id") for agg in section.aggregates}
+    first = section.aggregates[0].patients
+    groups = section.predictions.groupby("patient_id")["group"].first() if "group" in section.predictions else {}
+    header = ["patient", "group", "fold", "regions", "frames", "true global"]
+    for agg in section.aggregates:
+        header += [f"{agg.prefix} global", f"{agg.prefix} regions agreeing"]
+    rows = []
+    for patient in first["patient_id"]:
+        base = by_prefix[section.aggregates[0].prefix].loc[patient]
+        truth = base["truth"]
+        row = [_esc(patient), _esc(groups.get(patient, "") if len(groups) else ""), _esc(base.get("fold", "")),
+               f"{base['regions']} (0-{base['max_score']})", str(base["frames"]), _fmt(truth, 0) if not math.isnan(truth) else "-"]
+        for agg in section.aggregates:
+            mine = by_prefix[agg.prefix].loc[patient]
+            row += [_score_cell(mine["pred"], truth, near=2), f"{mine['regions_agree']}/{mine['regions_labelled']}"]
+        rows.append(row)
+    return _table(header, rows, left=2)
+
+
+def _patient_card(section: Section, patient: str) -> str:
+    """The paper's Fig. 4 for one patient: per region, frames per predicted score, truth and scores."""
+    tables = {agg.prefix: agg.regions[agg.regions["patient_id"] == patient].set_index("region") for agg in section.aggregates}
+    first = tables[section.aggregates[0].prefix]
+    regions = natural_sorted(first.index)
+    header = ["region", "frames", "truth"]
+    for prefix in tables:
+        header += [f"{prefix} frames 0/1/2/3", prefix]
+    rows = []
+    for region in regions:
+        truth = int(first.loc[region, "truth"])
+        row = [_esc(region), str(first.loc[region, "frames"]), "-" if truth == UNLABELLED else str(truth)]
+        for table in tables.values():
+            counts = "/".join(str(int(table.loc[region, f"n_pred{k}"])) for k in CLASSES)
+            row += [counts, _score_cell(table.loc[region, "pred"], truth)]
+        rows.append(row)
+    labelled = (first["truth"] != UNLABELLED).all()
+    true_global = int(first["truth"].sum()) if labelled else None
+    total = ["<b>global</b>", str(int(first["frames"].sum())), "-" if true_global is None else f"<b>{true_global}</b>"]
+    for table in tables.values():
+        total += ["", _score_cell(int(table["pred"].sum()), true_global, near=2)]
+    rows.append(total)
+    group = section.predictions.loc[section.predictions["patient_id"] == patient, "group"].iloc[0] if "group" in section.predictions else ""
+    title = f"Patient {patient}" + (f" ({group})" if group else "") + f": {len(regions)} regions, global 0-{3 * len(regions)}"
+    return f'<div class="card"><h4>{_esc(title)}</h4>{_table(header, rows)}</div>'
+
+
+def _agreement_text(section: Section) -> str:
+    parts = []
+    for agg in section.aggregates:
+        a = agg.agreement
+        parts.append(
+            f"<li><b>{_esc(agg.prefix)}</b>: region accuracy {_fmt(a['region_accuracy'])} and quadratic-weighted "
+            f"kappa {_fmt(a['region_qwk'])} over {a['regions']} patient regions; global score MAE "
+            f"{_fmt(a['global_mae'], 2)}, Pearson r {_fmt(a['global_pearson'])} ({_p(a['global_pearson_p'])}), "
+            f"Spearman rho {_fmt(a['global_spearman'])} ({_p(a['global_spearman_p'])}) over {a['patients']} patients.</li>")
+    return f"<ul>{''.join(parts)}</ul>"
+
+
+def split_check(run: Run) -> str:
+    """State whether every fold's training patients are disjoint from its test patients (from model.json)."""
+    checked, problems = 0, []
+    for sections in run.sections.values():
+        for section in sections:
+            train = set(map(str, (section.model or {}).get("train_patients") or []))
+            if section.name == "pooled" or not train:
+                continue
+            checked += 1
+            overlap = train & set(section.predictions["patient_id"])
+            if overlap:
+                problems.append(f"{section.backbone} {section.name}: {', '.join(natural_sorted(overlap))}")
+    if problems:
+        return "WARNING: test patients also in training: " + "; ".join(problems)
+    if checked:
+        return f"Checked from model.json in {checked} fold(s): no test patient is among its fold's training patients."
+    return "Training patients not recorded (no model.json): the patient-level split could not be re-checked here."
+
+
+def _data_html(run: Run, rule: str) -> str:
+    frames = pd.concat([s[-1].predictions for s in run.sections.values()], ignore_index=True).drop_duplicates(
+        subset=["path", "frame_index"])
+    labelled = frames[frames["score"].astype(int) != UNLABELLED]
+    per_score = labelled["score"].astype(int).value_counts().reindex(CLASSES, fill_value=0)
+    videos = frames.drop_duplicates("video_id") if "video_id" in frames else frames.drop_duplicates("path")
+    per_video = videos["score"].astype(int).value_counts().reindex(CLASSES, fill_value=0)
+    regions = natural_sorted(frames["region"].unique())
+    groups = frames.drop_duplicates("patient_id")["group"].value_counts().to_dict() if "group" in frames else {}
+    group_text = ", ".join(f"{name or 'unknown'} {count}" for name, count in groups.items())
+    model = next((s.model for ss in run.sections.values() for s in ss if s.model), None) or {}
+    extraction = model.get("extraction") or {}
+    items = [
+        f"<li><b>Data</b>: {frames['patient_id'].nunique()} patients, {len(videos)} videos, {len(frames)} frames "
+        f"scored (frames per true score 0/1/2/3: {'/'.join(map(str, per_score))}; videos per score: "
+        f"{'/'.join(map(str, per_video))}); groups: {_esc(group_text)}.</li>",
+        f"<li><b>Regions</b> (from the data): {_esc(' '.join(regions))}; a patient's global score is the sum of its "
+        f"region scores, 0-{3 * len(regions)} when all {len(regions)} are present.</li>",
+        "<li><b>Labels</b>: each frame inherits the expert score of its video (COVID-BLUES scores each video once); "
+        "frame-level numbers therefore measure agreement with a video label, not a per-frame reading.</li>",
+    ]
+    if run.folds is not None:
+        sizes = run.folds.groupby("fold")["patient_id"].nunique()
+        items.append(f"<li><b>Split</b>: patient-level cross-validation, {len(sizes)} folds "
+                     f"({', '.join(f'fold {k}: {n} patients' for k, n in sizes.items())}); every patient is tested once, "
+                     f"by a model trained without any of its frames. {_esc(split_check(run))}</li>")
+    else:
+        items.append(f"<li><b>Split</b>: no folds.csv in the run. {_esc(split_check(run))}</li>")
+    if extraction:
+        items.append(
+            f"<li><b>Features</b>: frozen {_esc(extraction.get('backbone'))} (weights {_esc(str(extraction.get('weights'))[:16])}, "
+            f"input {extraction.get('input_size')} px, {extraction.get('pooling', 'avg')} pooling, "
+            f"{extraction.get('feature_dim')} features), every {extraction.get('frame_step')}th frame, "
+            f"{int(extraction.get('copies', 1)) - 1} augmented copies per frame.</li>")
+    rule_text = ("the most frequent frame score, a tie going to the higher score (the paper's rule)" if rule == "mode"
+                 else "the argmax of the mean frame probabilities (a tie going to the higher score)")
+    items.append(f"<li><b>Aggregation</b>: a region's predicted score is {rule_text}; its true score is the most "
+                 "frequent true frame score. Colours: green = equal to the truth, amber = off by one (global: by up "
+                 "to two), red = further, grey = no truth.</li>")
+    items.append("<li>Small numbers: with a few dozen patients, correlations and kappas carry wide uncertainty; "
+                 "the p-values shown are the usual two-sided tests, not corrected for the several models and folds.</li>")
+    return f'<div class="box"><ul>{"".join(items)}</ul></div>'
+
+
+def build_html(run: Run, rule: str) -> str:
+    parts = [f"<h1>lusfeat report: {_esc(run.path.resolve().name)}</h1>",
+             f'<p class="note">{_esc(run.path.resolve())} | made {time.strftime("%Y-%m-%d %H:%M")} | '
+             f"backbones: {_esc(', '.join(run.sections))}</p>",
+             "<h2 id=\"data\">Data and split</h2>", _data_html(run, rule)]
+    nav = ['<li><a href="#data">Data and split</a></li>', '<li><a href="#overview">Overview</a></li>']
+    overview = []
+    for backbone, sections in run.sections.items():
+        for section in sections:
+            nav.append(f'<li><a href="#{section.anchor}">{_esc(backbone)}: {_esc(section.name)}</a></li>')
+            for prefix, values in metric_rows(section):
+                overview.append([_esc(backbone), _esc(section.name), _esc(prefix)] + values)
+    parts.insert(2, f"<nav><b>Contents</b><ul>{''.join(nav)}</ul></nav>")
+    parts += ['<h2 id="overview">Overview: every backbone, fold and model</h2>',
+              _table(["backbone", "test set", "model"] + [h for h, *_ in METRIC_COLUMNS], overview, left=3),
+              '<p class="note">Frame numbers from metrics.json where present; video, region and global numbers '
+              "computed here from predictions.csv by the aggregation rule above.</p>"]
+    for backbone, sections in run.sections.items():
+        parts.append(f"<h2>{_esc(backbone)}</h2>")
+        for section in sections:
+            patients = natural_sorted(section.predictions["patient_id"].unique())
+            parts.append(f'<h3 id="{section.anchor}">{_esc(backbone)}: {_esc(section.name)} '
+                         f"({len(patients)} test patients)</h3>")
+            if section.note:
+                parts.append(f'<p class="note">{_esc(section.note)}</p>')
+            warnings = (section.metrics or {}).get("warnings") or []
+            if warnings:
+                parts.append('<p class="note"><b>Warnings from fit</b>: ' + _esc("; ".join(map(str, warnings))) + "</p>")
+            parts += ["<h4>Metrics</h4>", _metrics_html(section), "<h4>Region and global agreement</h4>",
+                      _agreement_text(section), _figures_html(section)]
+            if section.name == "pooled":
+                parts += ["<h4>Per-patient global scores (every patient, tested in its own fold)</h4>", _patient_summary_html(section)]
+            else:
+                parts += [f"<h4>Per-patient tables, {_esc(section.name)} (paper's Fig. 4: predicted frames per score, "
+                          "region and global scores)</h4>",
+                          '<div class="cards">' + "".join(_patient_card(section, p) for p in patients) + "</div>"]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>lusfeat report {_esc(run.path.resolve().name)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def build_markdown(run: Run, rule: str) -> str:
+    header = ["backbone", "test set", "model"] + [h for h, *_ in METRIC_COLUMNS]
+    lines = [f"# lusfeat run {run.path.resolve().name}", "",
+             f"Patient-level folds; region score = {'most frequent frame score (ties to the higher)' if rule == 'mode' else 'argmax of mean frame probabilities'}; "
+             "global score = sum of region scores. Frame labels are the video's expert score.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for backbone, sections in run.sections.items():
+        for section in sections:
+            for prefix, values in metric_rows(section):
+                lines.append("| " + " | ".join([backbone, section.name, prefix] + values) + " |")
+    lines += ["", "Full report with figures and per-patient tables: report.html", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | os.PathLike, rule: str = "mode", out: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.md``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run = load_run(run_dir, rule)
+    html_path = Path(out) if out else Path(run_dir) / "report.html"
+    md_path = html_path.with_name("summary.md")
+    for path, text in ((html_path, build_html(run, rule)), (md_path, build_markdown(run, rule))):
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    return html_path, md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a lusfeat.fit run folder (holding folds.csv and <backbone>/fold<k>/)")
+    parser.add_argument("--rule", choices=RULES, default="mode",
+                        help="region score: mode = most frequent frame score, ties to the higher (paper); "
+                             "mean_proba = argmax of mean frame probabilities (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html; summary.md beside it)")
+    args = parser.parse_args(argv)
+    try:
+        html_path, md_path = write_report(args.run_dir, args.rule, args.out)
+    except LusfeatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(Path(md_path).read_text(encoding="utf-8"))
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

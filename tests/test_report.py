@@ -1,0 +1,93 @@
+"""The report builds from a small run folder and holds every section, figure and per-patient table."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import write_synthetic_run
+
+from lusfeat.report import load_run, main, split_check
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def test_report_has_every_section_figure_and_patient_table(synthetic_run: Path, capsys):
+    assert main([str(synthetic_run)]) == 0
+    html = (synthetic_run / "report.html").read_text()
+    summary = (synthetic_run / "summary.md").read_text()
+    for heading in ("Data and split", "Overview: every backbone, fold and model", "mobilenet: fold 1", "mobilenet: fold 2",
+                    "mobilenet: fold 3", "mobilenet: pooled", "ROC curves", "Confusion matrices", "Accuracy per region",
+                    "Region scores: truth vs predicted", "Global score per patient", "Region and global agreement",
+                    "Per-patient tables, fold 1", "Per-patient global scores"):
+        assert heading in html, heading
+    assert "patient-level cross-validation, 3 folds" in html
+    assert "no test patient is among its fold&#x27;s training patients" in html
+    # 5 figures for each of 3 folds + pooled, all real PNGs, nothing fetched from the network
+    images = embedded_pngs(html)
+    assert len(images) == 20 and all(image.startswith(PNG_SIGNATURE) for image in images)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    # one Fig. 4 card per test patient, each with its 6 regions and a global row
+    cards = re.findall(r'<div class="card"><h4>Patient (\d+) .*?</table></div>', html)
+    assert sorted(cards, key=int) == [str(i) for i in range(1, 7)]
+    assert html.count("<b>global</b>") == 6
+    assert 'class="ok"' in html and ('class="bad"' in html or 'class="near"' in html)
+    # the numbers in the summary are the aggregate's
+    run = load_run(synthetic_run)
+    pooled = run.sections["mobilenet"][-1]
+    head = pooled.aggregates[0].agreement
+    line = next(line for line in summary.splitlines() if line.startswith("| mobilenet | pooled | head |"))
+    assert f"| {head['region_accuracy']:.3f} | {head['region_qwk']:.3f} |" in line
+    assert f"| {head['global_mae']:.2f} | {head['global_pearson']:.3f} | {head['global_spearman']:.3f} |" in line
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_pooled_is_made_from_folds_when_absent(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_synthetic_run(run_dir, folds=2, pooled=False)
+    run = load_run(run_dir)
+    sections = run.sections["mobilenet"]
+    assert [s.name for s in sections] == ["fold 1", "fold 2", "pooled"]
+    assert "made by the report" in sections[-1].note
+    assert len(sections[-1].predictions) == sum(len(s.predictions) for s in sections[:-1])
+
+
+def test_mean_probability_rule_and_twelve_regions(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    regions = tuple(f"{side}{k}" for side in "LR" for k in range(1, 7))
+    write_synthetic_run(run_dir, folds=1, patients_per_fold=3, regions=regions, frames_per_video=2)
+    assert main([str(run_dir), "--rule", "mean_proba", "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "argmax of the mean frame probabilities" in html
+    assert "12 regions, global 0-36" in html and "L1 L2 L3 L4 L5 L6 R1" in html
+    assert (tmp_path / "summary.md").is_file()
+
+
+def test_leakage_is_reported(synthetic_run: Path):
+    model_json = synthetic_run / "mobilenet" / "fold1" / "model.json"
+    model = json.loads(model_json.read_text())
+    test_patient = pd.read_csv(synthetic_run / "mobilenet" / "fold1" / "predictions.csv", dtype=str)["patient_id"].iloc[0]
+    model["train_patients"].append(test_patient)
+    model_json.write_text(json.dumps(model))
+    assert split_check(load_run(synthetic_run)).startswith("WARNING: test patients also in training")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "bad_csv"])
+def test_bad_run_folder_is_a_clear_error(tmp_path: Path, make: str, capsys):
+    run_dir = tmp_path / "run"
+    if make != "missing":
+        (run_dir / "xception" / "fold1").mkdir(parents=True)
+    if make == "bad_csv":
+        (run_dir / "xception" / "fold1" / "predictions.csv").write_text("a,b\n1,2\n")
+    assert main([str(run_dir)]) == 1
+    assert capsys.readouterr().err.startswith("error: ")

@@ -33,7 +33,6 @@ from lusfeat.aggregate import (
     Aggregate,
     aggregate,
     natural_sorted,
-    video_scores,
 )
 from lusfeat.errors import LusfeatError
 
@@ -139,50 +138,18 @@ def load_run(run_dir: str | os.PathLike, rule: str = "mode") -> Run:
 # --------------------------------------------------------------------------- numbers
 
 
-def _lookup(metrics: dict | None, prefix: str, *names: str):
-    block = (metrics or {}).get(prefix) or {}
-    for name in names:
-        value = block
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            return value
-    return None
-
-
 def frame_metrics(section: Section, prefix: str) -> dict:
-    """Frame-level numbers of one model: from metrics.json where it has them, else computed here."""
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+    """Frame- and video-level numbers of one model: metrics.json's, else ``lusfeat.metrics.evaluate`` on the predictions."""
+    block = (section.metrics or {}).get(prefix)
+    if not isinstance(block, dict) or "accuracy" not in block:
+        from lusfeat.metrics import evaluate
 
-    frames = section.predictions[section.predictions["score"].astype(int) != UNLABELLED]
-    truth, pred = frames["score"].astype(int), frames[f"{prefix}_pred"].astype(int)
-    out = {
-        "accuracy": _lookup(section.metrics, prefix, "accuracy"),
-        "macro_f1": _lookup(section.metrics, prefix, "macro_f1", "f1_macro"),
-        "qwk": _lookup(section.metrics, prefix, "qwk", "quadratic_kappa"),
-        "roc_auc_macro": _lookup(section.metrics, prefix, "roc_auc_macro", "auc_macro"),
-        "fit_seconds": _lookup(section.metrics, prefix, "fit_seconds"),
-    }
-    if out["accuracy"] is None:
-        out["accuracy"] = accuracy_score(truth, pred)
-    if out["macro_f1"] is None:
-        out["macro_f1"] = f1_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0)
-    if out["qwk"] is None:
-        out["qwk"] = cohen_kappa_score(truth, pred, weights="quadratic", labels=list(CLASSES)) if len(set(truth) | set(pred)) > 1 else math.nan
-    if out["roc_auc_macro"] is None:
-        present = sorted(set(truth))
-        try:
-            proba = frames[[f"{prefix}_p{k}" for k in CLASSES]].to_numpy(float)
-            out["roc_auc_macro"] = roc_auc_score(truth, proba[:, present] / proba[:, present].sum(1, keepdims=True),
-                                                 multi_class="ovr", average="macro", labels=present) if len(present) > 2 else math.nan
-        except ValueError:
-            out["roc_auc_macro"] = math.nan
-    videos = video_scores(section.predictions, prefix, section.aggregates[0].rule)
-    labelled = videos[videos["truth"] != UNLABELLED]
-    out["video_accuracy"] = float((labelled["truth"] == labelled["pred"]).mean()) if len(labelled) else math.nan
-    out["frames"] = len(frames)
-    out["videos"] = len(labelled)
-    return out
+        frames = section.predictions[section.predictions["score"].astype(int) != UNLABELLED]
+        block = evaluate(frames, frames[[f"{prefix}_p{k}" for k in CLASSES]].to_numpy(float))
+    video = block.get("video") or {}
+    return {"frames": block.get("n"), "accuracy": block.get("accuracy"), "macro_f1": block.get("macro_f1"),
+            "qwk": block.get("qwk"), "roc_auc_macro": block.get("roc_auc_macro"),
+            "video_accuracy": video.get("accuracy"), "fit_seconds": block.get("fit_seconds")}
 
 
 def _p(value: float) -> str:
@@ -441,8 +408,10 @@ def build_html(run: Run, rule: str) -> str:
     parts.insert(2, f"<nav><b>Contents</b><ul>{''.join(nav)}</ul></nav>")
     parts += ['<h2 id="overview">Overview: every backbone, fold and model</h2>',
               _table(["backbone", "test set", "model"] + [h for h, *_ in METRIC_COLUMNS], overview, left=3),
-              '<p class="note">Frame numbers from metrics.json where present; video, region and global numbers '
-              "computed here from predictions.csv by the aggregation rule above.</p>"]
+              '<p class="note">Frame and video numbers (video: argmax of the mean frame probabilities) as '
+              "lusfeat.fit wrote them in metrics.json, or by lusfeat.metrics from predictions.csv where absent; "
+              "region and global numbers computed here from predictions.csv by the aggregation rule above. "
+              "QWK = quadratic-weighted Cohen's kappa; AUC = mean one-vs-rest ROC-AUC over the scores present.</p>"]
     for backbone, sections in run.sections.items():
         parts.append(f"<h2>{_esc(backbone)}</h2>")
         for section in sections:

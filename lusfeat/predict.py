@@ -1,0 +1,361 @@
+"""Score new lung-ultrasound data with a saved model: frame, video, region and global scores.
+
+    python -m lusfeat.predict --model RUN/<backbone>/fold<k> INPUT [--data-root DIR]
+        [--weights imagenet|none|FILE|DIR] [--frame-step K] [--rule mode|mean_proba] [--out DIR]
+
+INPUT is either
+
+- a manifest CSV (``path, patient_id, region`` and ``score``, which may be empty; see
+  ``lusfeat.manifest``), or
+- a folder of one patient's videos or images, the patient id being the folder's name, or a
+  folder of such patient folders. Each file's region is read from its name: the **last**
+  ``_``/``-``/space/``.``-separated token made of 1-3 letters then 1-2 digits, upper-cased
+  (``L1.mp4`` -> L1, ``R2_2.mp4`` -> R2, ``patient_9_L1.mp4`` -> L1, ``rpl3-0007.png`` -> RPL3).
+  A file without such a token is an error: rename it or write a manifest.
+
+The model folder is one that ``lusfeat.fit`` wrote: ``head.keras`` (pooled features -> 4
+probabilities) and ``model.json`` (backbone, weights identity, input size, pooling, frame step
+of the features it was trained on). Features are computed by stage one's own code
+(``lusfeat.extract``, ``lusfeat.backbones``) from the weights you give; weights or an input size
+other than the model's are refused, naming both, since they would give wrong scores silently.
+
+Writes to OUT: ``frames.csv`` (per frame: class probabilities ``head_p0..p3`` and
+``head_pred``), ``videos.csv``, ``regions.csv``, ``patients.csv`` (global score with the
+number of regions scored) and ``predictions.json`` (all of it, nested per patient, with the
+model's identity). Where the input carries true scores, the agreement is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lusfeat.aggregate import CLASSES, RULES, UNLABELLED, agreement, global_scores, region_scores, video_scores
+from lusfeat.errors import LusfeatError
+from lusfeat.manifest import MEDIA_SUFFIXES, read_manifest
+from lusfeat.store import FORMAT_VERSION, ExtractionConfig
+
+log = logging.getLogger("lusfeat.predict")
+PREFIX = "head"
+REGION_TOKEN = re.compile(r"^[A-Za-z]{1,3}\d{1,2}$")
+BLOCK_FRAMES = 64  # frames decoded, embedded and scored at a time: bounds memory
+
+
+# --------------------------------------------------------------------------- input
+
+
+def region_from_name(name: str) -> str | None:
+    """The region token of a file name (see the module doc), upper-cased; None when there is none."""
+    stem = Path(name).name
+    for suffix in MEDIA_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    tokens = [token for token in re.split(r"[_\-\s.]+", stem) if token]
+    matches = [token for token in tokens if REGION_TOKEN.match(token)]
+    return matches[-1].upper() if matches else None
+
+
+def _media_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+
+
+def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
+    """Manifest rows (paths relative to ``folder``) for a patient folder or a folder of patient folders."""
+    folder = Path(folder)
+    files = _media_files(folder)
+    if files:
+        patients = [(folder.resolve().name, folder)]
+    else:
+        patients = [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and _media_files(sub)]
+    if not patients:
+        raise LusfeatError(f"{folder}: no image or video files ({', '.join(MEDIA_SUFFIXES)}) in it or in its sub-folders")
+    rows, problems = [], []
+    for patient, patient_dir in patients:
+        for file in _media_files(patient_dir):
+            region = region_from_name(file.name)
+            if region is None:
+                problems.append(file.name)
+                continue
+            rows.append({"path": file.relative_to(folder).as_posix(), "patient_id": patient, "region": region,
+                         "score": "", "group": "", "video_id": file.stem})
+    if problems:
+        raise LusfeatError(
+            f"{folder}: no region in the name of {', '.join(problems[:10])}{' ...' if len(problems) > 10 else ''}. "
+            "Name each file by its region (1-3 letters then 1-2 digits, e.g. L1.mp4, R2_2.mp4, patient_9_L1.mp4), "
+            "or pass a manifest CSV with a region column")
+    return pd.DataFrame(rows)
+
+
+def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | None, out: Path) -> pd.DataFrame:
+    """The validated manifest of INPUT (a CSV, or a folder turned into ``OUT/input_manifest.csv``)."""
+    path = Path(input_path)
+    if path.is_dir():
+        table = folder_manifest(path)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest_path = out / "input_manifest.csv"
+        table.to_csv(manifest_path, index=False)
+        return read_manifest(manifest_path, path, require_scores=False)
+    if path.is_file():
+        return read_manifest(path, data_root, require_scores=False)
+    raise LusfeatError(f"input {path} not found: pass a manifest CSV or a folder of one patient's videos or images")
+
+
+# --------------------------------------------------------------------------- the saved model
+
+
+@dataclass
+class SavedModel:
+    """A ``lusfeat.fit`` model folder: the head and what its features were made with."""
+
+    folder: Path
+    info: dict
+    extraction: ExtractionConfig
+    head: object  # keras.Model: (feature_dim,) -> 4 probabilities
+
+
+def load_saved_model(folder: str | os.PathLike) -> SavedModel:
+    folder = Path(folder)
+    info_path, head_path = folder / "model.json", folder / "head.keras"
+    for needed in (info_path, head_path):
+        if not needed.is_file():
+            raise LusfeatError(f"{needed} not found: --model takes a folder written by lusfeat.fit "
+                               "(RUN/<backbone>/fold<k>, holding head.keras and model.json)")
+    try:
+        info = json.loads(info_path.read_text())
+        recorded = dict(info["extraction"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise LusfeatError(f"{info_path}: not a lusfeat model record ({error!r})") from error
+    names = [f.name for f in fields(ExtractionConfig)]
+    missing = [name for name in names if name not in recorded]
+    if missing:
+        raise LusfeatError(f"{info_path}: the extraction record lacks {', '.join(missing)}; refit with this lusfeat version")
+    extraction = ExtractionConfig(**{name: recorded[name] for name in names})
+    if extraction.format_version != FORMAT_VERSION:
+        raise LusfeatError(f"{info_path}: features of format version {extraction.format_version}, this lusfeat "
+                           f"makes version {FORMAT_VERSION}; refit the model with this version")
+    import keras
+
+    try:
+        head = keras.saving.load_model(head_path, compile=False)
+    except Exception as error:  # Keras raises assorted types for a broken or foreign file
+        raise LusfeatError(f"{head_path}: not a loadable Keras model ({type(error).__name__}: {error})") from error
+    width = head.input_shape[-1]
+    if width != extraction.feature_dim or head.output_shape[-1] != len(CLASSES):
+        raise LusfeatError(f"{head_path}: maps {width} features to {head.output_shape[-1]} classes, but model.json "
+                           f"records {extraction.feature_dim} features and {len(CLASSES)} classes")
+    return SavedModel(folder, info, extraction, head)
+
+
+def check_compatible(model: SavedModel, weights_identity: str, weights_description: str, input_size: int,
+                     feature_dim: int) -> None:
+    """Raise when the features we would compute are not the ones the head was trained on."""
+    recorded = model.extraction
+    problems = []
+    if weights_identity != recorded.weights:
+        hint = ""
+        if recorded.weights == "imagenet":
+            hint = " (the model used Keras' own ImageNet download: pass --weights imagenet with $LUSFEAT_WEIGHTS_DIR unset)"
+        elif recorded.weights == "none":
+            hint = " (the model was trained on features of a randomly initialised backbone: pass --weights none)"
+        else:
+            hint = f" (pass the weights file whose sha256 is {recorded.weights}, or its folder)"
+        problems.append(f"backbone weights: model trained with {recorded.weights!r} "
+                        f"({model.info.get('weights_source', '?')}), you gave {weights_identity!r} "
+                        f"({weights_description}){hint}")
+    if input_size != recorded.input_size:
+        problems.append(f"input size: model trained at {recorded.input_size} px, you asked {input_size} px")
+    if feature_dim != recorded.feature_dim:
+        problems.append(f"feature size: model trained on {recorded.feature_dim}, the backbone gives {feature_dim}")
+    if recorded.pooling != "avg":
+        problems.append(f"pooling: model trained on {recorded.pooling!r} pooled features, lusfeat computes 'avg'")
+    if problems:
+        raise LusfeatError(f"{model.folder} does not fit these features, its scores would be wrong: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size: int = 32,
+                 progress: bool = True) -> np.ndarray:
+    """Class probabilities ``(n_frames, 4)``: stage one's frames and backbone, then the saved head."""
+    from tqdm.auto import tqdm
+
+    from lusfeat.augment import AugmentParams
+    from lusfeat.backbones import build_feature_extractor, get_spec
+    from lusfeat.extract import Embedder, iter_images
+
+    config = model.extraction
+    spec = get_spec(config.backbone)
+    embed = Embedder(build_feature_extractor(spec, source, config.input_size), batch_size)
+    params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
+    images = iter_images(frames, config.input_size, 1, config.seed, params)  # copy 0: the frame itself
+    out = []
+    with tqdm(total=len(frames), unit="frame", desc=f"{spec.name} + head", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(frames), BLOCK_FRAMES):
+            n = min(BLOCK_FRAMES, len(frames) - start)
+            block = np.stack([next(images)[0] for _ in range(n)])
+            # Round through the stored dtype: the head was trained on features as the file held them.
+            features = embed(block).astype(config.dtype).astype("float32")
+            out.append(np.asarray(model.head(features, training=False), dtype="float64"))
+            bar.update(n)
+    proba = np.concatenate(out)
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
+def frame_table(frames: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
+    """Per-frame predictions in ``lusfeat.fit``'s column layout (``score`` -1 where unlabelled)."""
+    table = frames[["path", "frame_index", "patient_id", "region", "video_id", "group", "score"]].copy()
+    for k in CLASSES:
+        table[f"{PREFIX}_p{k}"] = proba[:, k]
+    table[f"{PREFIX}_pred"] = [len(row) - 1 - int(np.argmax(row[::-1])) for row in proba]  # a tie to the higher score
+    return table
+
+
+def _clean(value):
+    """JSON-ready: numpy scalars to Python, NaN to None."""
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _scores(row: pd.Series) -> dict:
+    return {"score": int(row["pred"]), "probabilities": [round(float(row[f"p{k}"]), 6) for k in CLASSES],
+            "frames": int(row["frames"]), "frames_per_score": [int(row[f"n_pred{k}"]) for k in CLASSES],
+            "true_score": None if int(row["truth"]) == UNLABELLED else int(row["truth"])}
+
+
+def nested_result(videos: pd.DataFrame, regions: pd.DataFrame, patients: pd.DataFrame) -> list[dict]:
+    """Per patient: global score and regions scored, each region with its videos."""
+    out = []
+    for patient in patients.itertuples(index=False):
+        mine = regions[regions["patient_id"] == patient.patient_id]
+        entry = {"patient_id": patient.patient_id, "global_score": int(patient.pred),
+                 "regions_scored": int(patient.regions), "global_max": int(patient.max_score),
+                 "true_global_score": None if math.isnan(patient.truth) else int(patient.truth), "regions": {}}
+        for _, region in mine.iterrows():
+            clips = videos[(videos["patient_id"] == patient.patient_id) & (videos["region"] == region["region"])]
+            entry["regions"][region["region"]] = {**_scores(region),
+                                                  "videos": {row["video_id"]: _scores(row) for _, row in clips.iterrows()}}
+        out.append(entry)
+    return out
+
+
+def _write(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False,
+                                     encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out: str | os.PathLike = "predictions",
+            data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
+            input_size: int | None = None, rule: str = "mode", batch_size: int = 32, progress: bool = True) -> dict:
+    """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict."""
+    from lusfeat.backbones import get_spec, resolve_weights
+    from lusfeat.extract import plan_frames
+
+    if rule not in RULES:
+        raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
+    out = Path(out)
+    model = load_saved_model(model_dir)
+    spec = get_spec(model.extraction.backbone)
+    source = resolve_weights(spec, weights)
+    check_compatible(model, source.identity, source.description, input_size or model.extraction.input_size, spec.feature_dim)
+    step = frame_step or model.extraction.frame_step
+    if step < 1:
+        raise LusfeatError("--frame-step must be >= 1")
+    manifest = read_input(input_path, data_root, out)
+    frames = plan_frames(manifest, step)
+    log.info("%d frames (every %d) from %d files of %d patient(s)", len(frames), step, len(manifest),
+             manifest["patient_id"].nunique())
+    began = time.perf_counter()
+    proba = score_frames(frames, model, source, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - began
+    table = frame_table(frames, proba)
+    videos = video_scores(table, PREFIX, rule)
+    regions = region_scores(table, PREFIX, rule)
+    patients = global_scores(regions)
+    labelled = bool((table["score"] != UNLABELLED).any())
+    result = {
+        "model": {"folder": str(Path(model_dir).resolve()), "backbone": model.extraction.backbone,
+                  "fold": model.info.get("fold"), "weights": model.extraction.weights,
+                  "input_size": model.extraction.input_size, "train_patients": len(model.info.get("train_patients", [])),
+                  "lusfeat_version": model.info.get("lusfeat_version")},
+        "input": str(Path(input_path).resolve()), "weights_source": source.description, "frame_step": step,
+        "rule": rule, "frames": len(table), "seconds": round(seconds, 2),
+        "agreement": agreement(regions, patients) if labelled else None,
+        "patients": nested_result(videos, regions, patients),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("frames", table), ("videos", videos), ("regions", regions), ("patients", patients)):
+        _write(out / f"{name}.csv", frame.to_csv(index=False))
+    _write(out / "predictions.json", json.dumps(_clean(result), indent=2) + "\n")
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    lines = []
+    for patient in result["patients"]:
+        regions = ", ".join(f"{name} {entry['score']}" for name, entry in patient["regions"].items())
+        truth = "" if patient["true_global_score"] is None else f" (true {patient['true_global_score']})"
+        lines.append(f"patient {patient['patient_id']}: global score {patient['global_score']}{truth} over "
+                     f"{patient['regions_scored']} regions (0-{patient['global_max']}): {regions}")
+    if result["agreement"]:
+        a = result["agreement"]
+        lines.append(f"agreement: region accuracy {a['region_accuracy']:.3f} over {a['regions']} regions, "
+                     f"global MAE {a['global_mae']:.2f} over {a['patients']} patient(s)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.predict", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
+    parser.add_argument("input", help="a manifest CSV, or a folder of one patient's files named by region (or of patient folders)")
+    parser.add_argument("--model", required=True, help="a lusfeat.fit model folder: RUN/<backbone>/fold<k>")
+    parser.add_argument("--data-root", default=None, help="folder a manifest's paths are relative to "
+                        "(default: $LUSFEAT_DATA_ROOT, else the manifest's folder)")
+    parser.add_argument("--weights", default="imagenet", help="backbone weights, as for lusfeat.extract; must be "
+                        "those the model was trained with (default: %(default)s)")
+    parser.add_argument("--frame-step", type=int, default=None, help="every K-th frame (default: the model's)")
+    parser.add_argument("--input-size", type=int, default=None, help="pixels (default and only accepted value: the model's)")
+    parser.add_argument("--rule", choices=RULES, default="mode", help="region score: most frequent frame score "
+                        "(ties to the higher) or argmax of the mean probabilities (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
+    parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        result = predict(args.model, args.input, out=args.out, data_root=args.data_root, weights=args.weights,
+                         frame_step=args.frame_step, input_size=args.input_size, rule=args.rule,
+                         batch_size=args.batch_size, progress=not args.no_progress)
+    except LusfeatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {Path(args.out) / 'predictions.json'} and frames/videos/regions/patients.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Scoring new data with a saved model: region names, real COVID-BLUES videos, refused mismatches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lusfeat.errors import LusfeatError
+from lusfeat.predict import folder_manifest, main, region_from_name
+
+TRAIN_PATIENTS = ["3", "4", "6"]  # scores 0-3 between them
+TEST_VIDEOS = ["patient_9_L1", "patient_9_R2"]  # true scores 3 and 2; patient 9 is not in training
+
+
+@pytest.mark.parametrize(("name", "region"), [
+    ("L1.mp4", "L1"), ("R2_2.mp4", "R2"), ("patient_9_L1.mp4", "L1"), ("patient_12_R3_2.mp4", "R3"),
+    ("rpl3-0007.png", "RPL3"), ("scan L2.avi", "L2"), ("Frame.L3.jpeg", "L3"),
+    ("patient_9.mp4", None), ("video.mp4", None), ("12.mp4", None), ("left_anterior.mp4", None),
+])
+def test_region_from_name(name, region):
+    assert region_from_name(name) == region
+
+
+def test_folder_manifest_names_patient_by_folder_and_refuses_unnamed_files(tmp_path: Path):
+    patient = tmp_path / "patient_42"
+    patient.mkdir()
+    for name in ("L1.mp4", "R2_2.mp4", "notes.txt"):
+        (patient / name).write_bytes(b"")
+    table = folder_manifest(patient)
+    assert table[["path", "patient_id", "region"]].values.tolist() == [
+        ["L1.mp4", "patient_42", "L1"], ["R2_2.mp4", "patient_42", "R2"]]
+    assert folder_manifest(tmp_path)["path"].tolist() == ["patient_42/L1.mp4", "patient_42/R2_2.mp4"]
+    (patient / "whatever.mp4").write_bytes(b"")
+    with pytest.raises(LusfeatError, match="no region in the name of whatever.mp4"):
+        folder_manifest(patient)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LusfeatError, match="no image or video"):
+        folder_manifest(tmp_path / "empty")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, data_root: Path, weights_dir: Path, blues_manifest: pd.DataFrame) -> Path:
+    """A model folder as lusfeat.fit writes it: MobileNet features of 3 patients (every 30th frame), the paper's
+    head (Dropout 0.5 + Dense 4 softmax) trained on them, model.json with the features' extraction record."""
+    import keras
+
+    from lusfeat.extract import main as extract
+    from lusfeat.store import load_features
+
+    base = tmp_path_factory.mktemp("tiny")
+    manifest = base / "train.csv"
+    blues_manifest[blues_manifest["patient_id"].isin(TRAIN_PATIENTS)].to_csv(manifest, index=False)
+    assert extract(["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "mobilenet",
+                    "--weights", str(weights_dir), "--frame-step", "30", "--augment-copies", "0",
+                    "--out", str(base / "features"), "--no-progress"]) == 0
+    features = load_features(base / "features" / "mobilenet.h5")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((features.config.feature_dim,))
+    head = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.Dropout(0.5)(inputs)))
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    head.fit(features.features[0], features.frames["score"].to_numpy(), epochs=10, batch_size=32, verbose=0)
+    folder = base / "run" / "mobilenet" / "fold1"
+    folder.mkdir(parents=True)
+    head.save(folder / "head.keras")
+    (folder / "model.json").write_text(json.dumps({
+        "backbone": "mobilenet", "fold": 1, "extraction": dataclasses.asdict(features.config),
+        "weights_source": features.attrs["weights_source"], "feature_dim": features.config.feature_dim,
+        "classes": [0, 1, 2, 3], "train_patients": TRAIN_PATIENTS, "lusfeat_version": "0.1.0"}))
+    return folder
+
+
+def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):
+    manifest = tmp_path / "new.csv"
+    rows = blues_manifest[blues_manifest["video_id"].isin(TEST_VIDEOS)]
+    rows.to_csv(manifest, index=False)
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_model), str(manifest), "--data-root", str(data_root), "--weights", str(weights_dir),
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "patient 9: global score" in printed and "(true 5)" in printed and "over 2 regions (0-6)" in printed
+    frames = pd.read_csv(out / "frames.csv", dtype={"patient_id": str})
+    probabilities = frames[[f"head_p{k}" for k in range(4)]].to_numpy()
+    assert len(frames) > 4 and (frames["frame_index"] % 30 == 0).all()  # the model's frame step by default
+    assert np.allclose(probabilities.sum(axis=1), 1) and (probabilities >= 0).all()
+    assert (frames["head_pred"] == probabilities.argmax(axis=1)).all()
+    assert set(frames["video_id"]) == set(TEST_VIDEOS) and set(frames["score"]) == {2, 3}
+    regions = pd.read_csv(out / "regions.csv", dtype={"patient_id": str})
+    assert regions["region"].tolist() == ["L1", "R2"] and regions["truth"].tolist() == [3, 2]
+    assert regions["pred"].between(0, 3).all()
+    patients = pd.read_csv(out / "patients.csv", dtype={"patient_id": str})
+    assert patients["pred"].item() == regions["pred"].sum() and patients["regions"].item() == 2
+    assert len(pd.read_csv(out / "videos.csv")) == 2
+    result = json.loads((out / "predictions.json").read_text())
+    assert result["model"]["backbone"] == "mobilenet" and result["frame_step"] == 30
+    patient = result["patients"][0]
+    assert patient["patient_id"] == "9" and patient["global_score"] == patients["pred"].item()
+    assert patient["true_global_score"] == 5 and set(patient["regions"]) == {"L1", "R2"}
+    l1 = patient["regions"]["L1"]
+    assert l1["score"] == regions["pred"].iloc[0] and sum(l1["frames_per_score"]) == l1["frames"]
+    assert list(l1["videos"]) == ["patient_9_L1"] and abs(sum(l1["probabilities"]) - 1) < 1e-4
+    assert result["agreement"]["regions"] == 2
+
+
+def test_predict_a_patient_folder_unlabelled(tiny_model, data_root, weights_dir, tmp_path):
+    # Links, not copies: the data stay where they are.
+    folder = tmp_path / "patient_x"
+    folder.mkdir()
+    videos = data_root / "COVID-BLUES" / "lus_videos"
+    (folder / "L1.mp4").symlink_to(videos / "patient_9_L1.mp4")
+    (folder / "R2_2.mp4").symlink_to(videos / "patient_9_R2.mp4")
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_model), str(folder), "--weights", str(weights_dir), "--frame-step", "45",
+                 "--rule", "mean_proba", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "predictions.json").read_text())
+    patient = result["patients"][0]
+    assert patient["patient_id"] == "patient_x" and patient["true_global_score"] is None
+    assert set(patient["regions"]) == {"L1", "R2"} and result["agreement"] is None and result["rule"] == "mean_proba"
+    for region in patient["regions"].values():
+        assert region["score"] == int(np.argmax(region["probabilities"])) and region["true_score"] is None
+    assert (pd.read_csv(out / "frames.csv")["frame_index"] % 45 == 0).all()
+    assert (out / "input_manifest.csv").is_file()
+
+
+def test_mismatched_weights_or_input_size_are_refused(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):
+    manifest = tmp_path / "new.csv"
+    blues_manifest[blues_manifest["video_id"] == TEST_VIDEOS[0]].to_csv(manifest, index=False)
+    recorded = json.loads((tiny_model / "model.json").read_text())["extraction"]["weights"]
+    common = ["--model", str(tiny_model), str(manifest), "--data-root", str(data_root), "--out", str(tmp_path / "o")]
+    assert main([*common, "--weights", "none"]) == 1
+    error = capsys.readouterr().err
+    assert "backbone weights" in error and recorded in error and "'none'" in error
+    assert main([*common, "--weights", str(weights_dir), "--input-size", "192"]) == 1
+    assert "input size: model trained at 224 px, you asked 192 px" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "predictions.json").exists()
+
+
+def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
+    assert main(["--model", str(tmp_path), str(tmp_path), "--weights", "none"]) == 1
+    assert "model.json not found" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "head.keras").write_bytes((tiny_model / "head.keras").read_bytes())
+    record = json.loads((tiny_model / "model.json").read_text())
+    record["extraction"]["feature_dim"] = 1024
+    (broken / "model.json").write_text(json.dumps(record))
+    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
+    assert "maps 256 features to 4 classes, but model.json records 1024 features" in capsys.readouterr().err

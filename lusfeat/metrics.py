@@ -1,0 +1,151 @@
+"""Frame- and video-level metrics of 0-3 severity predictions, JSON-ready (NaN becomes None).
+
+Every scikit-learn call gets ``labels=[0, 1, 2, 3]``, so a score missing from a test fold still
+has its row and column. Conventions where a score is absent from the true scores:
+
+- macro precision / recall / F1 average over all four scores, an undefined value counting 0
+  (scikit-learn's ``zero_division=0``);
+- its one-vs-rest ROC-AUC is undefined: reported as None, and the macro ROC-AUC is the mean over
+  the scores where it is defined;
+- its row of the normalised confusion matrix is all zeros.
+
+Each such case is written in ``notes``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+LABELS = [0, 1, 2, 3]
+
+
+def _number(value: float) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def _check(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true).astype(int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(LABELS) or len(probabilities) != len(y_true):
+        raise ValueError(f"probabilities must be (n, 4) for {len(y_true)} scores, got {probabilities.shape}")
+    if len(y_true) == 0:
+        raise ValueError("no frames to score")
+    if not np.isin(y_true, LABELS).all():
+        raise ValueError("true scores must be 0..3")
+    return y_true, probabilities
+
+
+def roc_auc_per_class(y_true: np.ndarray, probabilities: np.ndarray) -> list[float | None]:
+    """One-vs-rest ROC-AUC of each score; None where the score is absent (or the only one present)."""
+    values: list[float | None] = []
+    for label in LABELS:
+        positives = y_true == label
+        if positives.all() or not positives.any():
+            values.append(None)
+        else:
+            values.append(float(roc_auc_score(positives, probabilities[:, label])))
+    return values
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    # Mean recall over the scores present in the truth; scikit-learn warns when a prediction is a
+    # score the truth lacks, a case the notes already report.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray) -> dict[str, Any]:
+    """Metrics of ``(n, 4)`` probabilities against true scores; predictions are the argmax."""
+    y_true, probabilities = _check(np.asarray(y_true), probabilities)
+    y_pred = np.asarray(LABELS)[np.argmax(probabilities, axis=1)]
+    support = np.bincount(y_true, minlength=len(LABELS))
+    absent = [label for label in LABELS if support[label] == 0]
+    notes = []
+    if absent:
+        notes.append(
+            f"score(s) {', '.join(map(str, absent))} absent from the true scores: their ROC-AUC is null, the macro "
+            "ROC-AUC averages the others, their recall and F1 count as 0 in the macro averages and their row of "
+            "the normalised confusion matrix is 0"
+        )
+    auc = roc_auc_per_class(y_true, probabilities)
+    defined = [value for value in auc if value is not None]
+    counts = confusion_matrix(y_true, y_pred, labels=LABELS)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    return {
+        "n": int(len(y_true)),
+        "support": support.tolist(),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
+        "macro_precision": float(precision_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "macro_recall": float(recall_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "roc_auc": auc,
+        "roc_auc_macro": float(np.mean(defined)) if defined else None,
+        "qwk": _kappa(y_true, y_pred, weights="quadratic"),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_normalized": normalised.tolist(),
+        "notes": notes,
+    }
+
+
+def video_probabilities(frames: pd.DataFrame, probabilities: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Mean frame probability per video: ``(videos, probabilities[v, 4])``.
+
+    ``frames`` holds ``patient_id``, ``video_id`` and ``score`` per frame (in the order of
+    ``probabilities``). A video is a (patient_id, video_id) pair, so equal file names of two
+    patients stay apart; its true score is its frames' most frequent score (one per video in
+    COVID-BLUES).
+    """
+    if len(frames) != len(probabilities):
+        raise ValueError("one row of probabilities per frame is needed")
+    keys = frames[["patient_id", "video_id"]].astype(str).reset_index(drop=True)
+    table = pd.concat([keys, pd.DataFrame(np.asarray(probabilities, dtype=float), columns=LABELS)], axis=1)
+    table["score"] = np.asarray(frames["score"]).astype(int)
+    grouped = table.groupby(["patient_id", "video_id"], sort=False)
+    mean = grouped[LABELS].mean()
+    videos = mean.index.to_frame(index=False)
+    videos["score"] = grouped["score"].agg(lambda scores: scores.value_counts().idxmax()).to_numpy()
+    videos["n_frames"] = grouped.size().to_numpy()
+    return videos, mean.to_numpy()
+
+
+def evaluate(frames: pd.DataFrame, probabilities: np.ndarray) -> dict[str, Any]:
+    """Frame-level metrics with the video-level ones under ``"video"``."""
+    frame_level = classification_metrics(frames["score"].to_numpy(), probabilities)
+    videos, video_proba = video_probabilities(frames, probabilities)
+    frame_level["video"] = classification_metrics(videos["score"].to_numpy(), video_proba)
+    return frame_level
+
+
+def agreement_kappa(predictions_a: Sequence[int], predictions_b: Sequence[int]) -> float | None:
+    """Cohen's kappa (unweighted) between two models' predictions; None when undefined."""
+    return _kappa(np.asarray(predictions_a), np.asarray(predictions_b))
+
+
+def _kappa(a: np.ndarray, b: np.ndarray, weights: str | None = None) -> float | None:
+    # Undefined (None) when both sides use one and the same score only: no chance correction exists.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return _number(cohen_kappa_score(a, b, labels=LABELS, weights=weights))

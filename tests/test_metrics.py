@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lusfeat.metrics import agreement_kappa, classification_metrics, evaluate, video_probabilities
+
+# Hand-computed case. Confusion (rows true 0..3, columns predicted):
+#   [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1]]
+# QWK: observed sum of O_ij (i-j)^2 = 3; expected sum r_i c_j (i-j)^2 / n with r = [2, 1, 1, 2],
+# c = [1, 2, 1, 2], n = 6 is 102 / 6 = 17; QWK = 1 - 3/17 = 14/17. MAE = 3/6.
+Y_TRUE = np.array([0, 0, 1, 2, 3, 3])
+Y_PRED = np.array([0, 1, 1, 3, 3, 2])
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(4)[labels]
+
+
+def test_hand_computed_case():
+    metrics = classification_metrics(Y_TRUE, one_hot(Y_PRED))
+    assert metrics["qwk"] == pytest.approx(14 / 17)
+    assert metrics["mae"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["confusion_matrix"] == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1]]
+    assert metrics["confusion_matrix_normalized"] == [[0.5, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0.5, 0.5]]
+    # recalls 1/2, 1, 0, 1/2; precisions 1, 1/2, 0, 1/2; F1 2/3, 2/3, 0, 1/2
+    assert metrics["balanced_accuracy"] == pytest.approx(0.5)
+    assert metrics["macro_recall"] == pytest.approx(0.5)
+    assert metrics["macro_precision"] == pytest.approx(0.5)
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0 + 1 / 2) / 4)
+    # Score 0, one-vs-rest: positives score 1 and 0, four negatives score 0 -> (4 wins + 4 ties / 2) / 8.
+    assert metrics["roc_auc"][0] == pytest.approx(0.75)
+    assert metrics["support"] == [2, 1, 1, 2]
+    assert metrics["notes"] == []
+
+
+def test_macro_roc_auc_matches_scikit_learn_one_vs_rest():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    probabilities = rng.dirichlet(np.ones(4), 200) + one_hot(y) * 0.3
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    metrics = classification_metrics(y, probabilities)
+    assert metrics["roc_auc_macro"] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr", average="macro"))
+    assert metrics["roc_auc_macro"] > 0.6
+
+
+def test_absent_score_gives_null_auc_and_a_note():
+    y_true = np.array([0, 1, 2, 0, 1, 2])
+    probabilities = one_hot(np.array([0, 1, 2, 3, 1, 2]))
+    metrics = classification_metrics(y_true, probabilities)
+    assert metrics["roc_auc"][3] is None
+    assert all(value is not None for value in metrics["roc_auc"][:3])
+    assert metrics["roc_auc_macro"] == pytest.approx(np.mean(metrics["roc_auc"][:3]))
+    assert metrics["confusion_matrix"][3] == [0, 0, 0, 0]
+    assert len(metrics["notes"]) == 1 and "3 absent" in metrics["notes"][0]
+
+
+def test_single_score_everywhere_gives_null_kappa_not_nan():
+    metrics = classification_metrics(np.array([2, 2, 2]), one_hot(np.array([2, 2, 2])))
+    assert metrics["qwk"] is None
+    assert metrics["accuracy"] == 1.0
+
+
+def test_video_level_averages_frame_probabilities():
+    frames = pd.DataFrame({
+        "patient_id": ["1", "1", "1", "2", "2"],
+        "video_id": ["v", "v", "v", "v", "v"],  # same name, two patients: two videos
+        "score": [2, 2, 2, 0, 0],
+    })
+    probabilities = np.array([
+        [0.0, 0.0, 0.4, 0.6],  # frame-level argmax 3 ...
+        [0.0, 0.0, 0.4, 0.6],
+        [0.0, 0.0, 1.0, 0.0],  # ... but the mean over the video is 2 (0.6 vs 0.4)
+        [0.9, 0.1, 0.0, 0.0],
+        [0.1, 0.9, 0.0, 0.0],
+    ])
+    videos, video_proba = video_probabilities(frames, probabilities)
+    assert list(videos["score"]) == [2, 0]
+    assert list(videos["n_frames"]) == [3, 2]
+    np.testing.assert_allclose(video_proba[0], [0, 0, 0.6, 0.4])
+    metrics = evaluate(frames, probabilities)
+    assert metrics["accuracy"] == pytest.approx(2 / 5)
+    assert metrics["video"]["n"] == 2
+    # video 2 is a tie 0.5 / 0.5 between 0 and 1: argmax takes the lower score, 0
+    assert metrics["video"]["accuracy"] == 1.0
+
+
+def test_agreement_kappa():
+    assert agreement_kappa([0, 1, 2, 3], [0, 1, 2, 3]) == pytest.approx(1.0)
+    assert agreement_kappa([0, 1, 2, 3], [1, 0, 3, 2]) < 0
+
+
+def test_wrong_shape_is_rejected():
+    with pytest.raises(ValueError):
+        classification_metrics(Y_TRUE, np.ones((6, 3)))

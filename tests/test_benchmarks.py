@@ -1,0 +1,84 @@
+"""The benchmark scripts run end to end on a tiny subset (real frames, real MobileNet weights).
+
+No timing is asserted: only that each script finishes, writes JSON of the documented shape, and
+that its numbers are finite and positive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import extract_throughput, training_time  # noqa: E402
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("sklearn")
+    out = tmp_path / "training_time.json"
+    cache_dir = tmp_path / "cache"
+    code = training_time.main([
+        "--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet",
+        "--patients", "1,9", "--frame-step", "90", "--folds", "2", "--epochs", "1", "--augment-copies", "1",
+        "--head-seeds", "1", "--synthetic-train-frames", "200", "--work-dir", str(tmp_path),
+        "--keep-features", str(cache_dir), "--out", str(out),
+    ])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "training_time"
+    assert record["machine"]["nproc"] >= 1 and record["machine"]["versions"]["keras"]
+    entry = record["backbones"]["mobilenet"]
+    for method in ("paper", "lusfeat"):
+        assert len(entry[method]["per_fold"]) == 2
+        assert positive(entry[method]["fold_seconds_mean"]) and positive(entry[method]["end_to_end_seconds"])
+        assert 0 <= entry[method]["accuracy"] <= 1 and 0 <= entry[method]["macro_f1"] <= 1
+    assert positive(entry["lusfeat"]["extract_seconds"])
+    assert positive(entry["ratio_fold_mean"]) and all(positive(r) for r in entry["ratio_per_fold"])
+    assert math.isfinite(entry["accuracy_difference_a_minus_b"])
+    assert positive(entry["extrapolation_full_covid_blues"]["paper_fold_seconds"])
+    assert [item["dim"] for item in record["stage_two_full_size"]] == [2048, 256]
+    assert all(positive(item["fit_seconds"]) for item in record["stage_two_full_size"])
+    assert "| mobilenet |" in capsys.readouterr().out
+
+    # The real-cache timing, on the feature file the run above kept.
+    out_cache = tmp_path / "cache.json"
+    code = training_time.main([
+        "--data-root", str(data_root), "--backbone", "", "--patients", "1,9", "--folds", "2", "--epochs", "1",
+        "--real-cache", str(cache_dir / "mobilenet.h5"), "--real-cache-full-frames", "100", "--out", str(out_cache),
+    ])
+    assert code == 0
+    cache = json.loads(out_cache.read_text())["stage_two_real_cache"][0]
+    assert len(cache["per_fold"]) == 2 and positive(cache["tiled_to_full_size"]["fit_seconds"])
+
+
+def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "extract_throughput.json"
+    code = extract_throughput.main([
+        "--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet",
+        "--videos", "1", "--frame-step", "40", "--augment-copies", "1", "--memory-factor", "2",
+        "--work-dir", str(tmp_path), "--out", str(out),
+    ])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "extract_throughput" and record["machine"]["cpu_model"]
+    entry = record["backbones"]["mobilenet"]
+    for key in ("bare_predict_images_per_second", "bare_compiled_images_per_second", "extract_over_predict",
+                "extract_over_compiled", "peak_rss_ratio_4n_over_n"):
+        assert positive(entry[key]), key
+    for run in ("extraction_n", "extraction_4n"):
+        assert entry[run]["code"] == 0 and positive(entry[run]["images_per_second"])
+        assert positive(entry[run]["peak_rss_mb"])
+    assert entry["extraction_4n"]["frames"] > entry["extraction_n"]["frames"]
+    assert 0 < entry["bfloat16"]["cosine_mean"] <= 1 + 1e-6

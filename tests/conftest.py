@@ -116,3 +116,24 @@ def write_synthetic_run(run_dir: Path, *, backbone: str = "mobilenet", folds: in
 def synthetic_run(tmp_path: Path) -> Path:
     """A made-up 3-fold, 6-patient, 6-region run folder of one backbone (see :func:`write_synthetic_run`)."""
     return write_synthetic_run(tmp_path / "run")
+
+
+TINY_RUN_PATIENTS = ["3", "4", "6"]  # scores 0-3 between them; patient 9 stays unseen for predict tests
+
+
+@pytest.fixture(scope="session")
+def tiny_fit_run(blues_manifest: pd.DataFrame, data_root: Path, weights_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run folder from ``lusfeat.fit --fold all``: MobileNet features of 3 COVID-BLUES patients, every 30th
+    frame, no augmented copies (~60 frames), 3 patient folds. Scores are poor (a few dozen training frames); the
+    files are real."""
+    from lusfeat.extract import main as extract
+    from lusfeat.fit import main as fit
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    manifest = write_manifest(blues_manifest[blues_manifest["patient_id"].isin(TINY_RUN_PATIENTS)], folder / "three.csv")
+    assert extract(["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "mobilenet",
+                    "--weights", str(weights_dir), "--frame-step", "30", "--augment-copies", "0",
+                    "--out", str(folder / "features"), "--no-progress"]) == 0
+    assert fit(["--fold", "all", "--features", str(folder / "features" / "mobilenet.h5"), "--out", str(folder / "run")]) == 0
+    return folder / "run"

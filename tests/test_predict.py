@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 from lusfeat.errors import LusfeatError
 from lusfeat.predict import folder_manifest, main, region_from_name
 
-TRAIN_PATIENTS = ["3", "4", "6"]  # scores 0-3 between them
 TEST_VIDEOS = ["patient_9_L1", "patient_9_R2"]  # true scores 3 and 2; patient 9 is not in training
 
 
@@ -44,34 +42,28 @@ def test_folder_manifest_names_patient_by_folder_and_refuses_unnamed_files(tmp_p
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, data_root: Path, weights_dir: Path, blues_manifest: pd.DataFrame) -> Path:
-    """A model folder as lusfeat.fit writes it: MobileNet features of 3 patients (every 30th frame), the paper's
-    head (Dropout 0.5 + Dense 4 softmax) trained on them, model.json with the features' extraction record."""
-    import keras
-
-    from lusfeat.extract import main as extract
-    from lusfeat.store import load_features
-
-    base = tmp_path_factory.mktemp("tiny")
-    manifest = base / "train.csv"
-    blues_manifest[blues_manifest["patient_id"].isin(TRAIN_PATIENTS)].to_csv(manifest, index=False)
-    assert extract(["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "mobilenet",
-                    "--weights", str(weights_dir), "--frame-step", "30", "--augment-copies", "0",
-                    "--out", str(base / "features"), "--no-progress"]) == 0
-    features = load_features(base / "features" / "mobilenet.h5")
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((features.config.feature_dim,))
-    head = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.Dropout(0.5)(inputs)))
-    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    head.fit(features.features[0], features.frames["score"].to_numpy(), epochs=10, batch_size=32, verbose=0)
-    folder = base / "run" / "mobilenet" / "fold1"
-    folder.mkdir(parents=True)
-    head.save(folder / "head.keras")
-    (folder / "model.json").write_text(json.dumps({
-        "backbone": "mobilenet", "fold": 1, "extraction": dataclasses.asdict(features.config),
-        "weights_source": features.attrs["weights_source"], "feature_dim": features.config.feature_dim,
-        "classes": [0, 1, 2, 3], "train_patients": TRAIN_PATIENTS, "lusfeat_version": "0.1.0"}))
+def tiny_model(tiny_fit_run: Path) -> Path:
+    """lusfeat.fit's fold-1 model folder of the tiny real run (trained on two of patients 3, 4, 6)."""
+    folder = tiny_fit_run / "mobilenet" / "fold1"
+    assert set(json.loads((folder / "model.json").read_text())["train_patients"]).isdisjoint({"9"})
     return folder
+
+
+def test_predict_reproduces_fit_on_its_own_test_patient(tiny_model, data_root, weights_dir, blues_manifest, tmp_path):
+    # Same frames, same backbone and weights, same head: predict must give fit's test probabilities.
+    fitted = pd.read_csv(tiny_model / "predictions.csv", dtype={"patient_id": str})
+    patient = fitted["patient_id"].iloc[0]
+    manifest = tmp_path / "again.csv"
+    blues_manifest[blues_manifest["patient_id"] == patient].assign(score="").to_csv(manifest, index=False)
+    assert main(["--model", str(tiny_model), str(manifest), "--data-root", str(data_root), "--weights", str(weights_dir),
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    again = pd.read_csv(tmp_path / "out" / "frames.csv", dtype={"patient_id": str})
+    assert (again["score"] == -1).all()
+    merged = fitted.merge(again, on=["path", "frame_index"], suffixes=("_fit", "_predict"))
+    assert len(merged) == len(fitted) == len(again)
+    for k in range(4):
+        assert np.allclose(merged[f"head_p{k}_fit"], merged[f"head_p{k}_predict"], atol=1e-4)
+    assert (merged["head_pred_fit"] == merged["head_pred_predict"]).mean() > 0.95  # near-ties may flip
 
 
 def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):

@@ -91,3 +91,21 @@ def test_bad_run_folder_is_a_clear_error(tmp_path: Path, make: str, capsys):
         (run_dir / "xception" / "fold1" / "predictions.csv").write_text("a,b\n1,2\n")
     assert main([str(run_dir)]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_report_of_a_real_fit_run(tiny_fit_run: Path, tmp_path: Path):
+    out = tmp_path / "report.html"
+    assert main([str(tiny_fit_run), "--out", str(out)]) == 0
+    html = out.read_text()
+    for heading in ("mobilenet: fold 1", "mobilenet: fold 3", "mobilenet: pooled", "Per-patient tables, fold 2",
+                    "Per-patient global scores"):
+        assert heading in html, heading
+    assert len(embedded_pngs(html)) == 20
+    assert sorted(re.findall(r'<div class="card"><h4>Patient (\d+)', html), key=int) == ["3", "4", "6"]
+    assert "no test patient is among its fold&#x27;s training patients" in html
+    assert "frozen mobilenet (weights dbdb03ee2a22fd89" in html
+    # frame numbers are fit's own, from metrics.json
+    pooled = json.loads((tiny_fit_run / "mobilenet" / "pooled" / "metrics.json").read_text())
+    line = next(line for line in (tmp_path / "summary.md").read_text().splitlines()
+                if line.startswith("| mobilenet | pooled | logreg |"))
+    assert line.split(" | ")[4] == f"{pooled['logreg']['accuracy']:.3f}"

@@ -118,6 +118,24 @@ def synthetic_run(tmp_path: Path) -> Path:
     return write_synthetic_run(tmp_path / "run")
 
 
+SIX_PATIENTS = ["1", "4", "6", "7", "8", "9"]  # three covid, three negative; scores 0-3 all present
+
+
+@pytest.fixture(scope="session")
+def six_patient_features(blues_manifest: pd.DataFrame, data_root: Path, weights_dir: Path,
+                         tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real MobileNet feature file: 6 COVID-BLUES patients, every 20th frame, 3 copies (~170 frames)."""
+    from lusfeat.extract import main as extract
+
+    folder = tmp_path_factory.mktemp("six_patients")
+    manifest = write_manifest(blues_manifest[blues_manifest["patient_id"].isin(SIX_PATIENTS)], folder / "six.csv")
+    code = extract(["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "mobilenet",
+                    "--weights", str(weights_dir), "--frame-step", "20", "--out", str(folder / "features"),
+                    "--no-progress"])
+    assert code == 0
+    return folder / "features" / "mobilenet.h5"
+
+
 TINY_RUN_PATIENTS = ["3", "4", "6"]  # scores 0-3 between them; patient 9 stays unseen for predict tests
 
 

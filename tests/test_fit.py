@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lusfeat.fit import compare_models, main
+from lusfeat.store import load_features
+
+PREDICTION_COLUMNS = [
+    "path", "frame_index", "patient_id", "region", "video_id", "group", "score",
+    "head_p0", "head_p1", "head_p2", "head_p3", "head_pred",
+    "logreg_p0", "logreg_p1", "logreg_p2", "logreg_p3", "logreg_pred", "fold",
+]
+MODEL_KEYS = {"backbone", "fold", "extraction", "weights_source", "feature_dim", "classes", "train_patients",
+              "lusfeat_version"}
+
+
+@pytest.fixture(scope="module")
+def full_run(six_patient_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("fit") / "run"
+    assert main(["--fold", "all", "--features", str(six_patient_features), "--out", str(run)]) == 0
+    return run
+
+
+def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
+    folds = pd.read_csv(full_run / "folds.csv", dtype={"patient_id": str})
+    assert list(folds.columns) == ["patient_id", "fold"]
+    assert sorted(folds["patient_id"], key=int) == ["1", "4", "6", "7", "8", "9"]
+    features = load_features(six_patient_features)
+    groups = features.frames.groupby("patient_id")["group"].first()
+    for fold in (1, 2, 3):  # two patients per fold, one covid and one negative
+        members = folds.loc[folds["fold"] == fold, "patient_id"]
+        assert sorted(groups[members]) == ["covid", "negative"]
+
+    tested = []
+    for fold in (1, 2, 3):
+        folder = full_run / "mobilenet" / f"fold{fold}"
+        assert {p.name for p in folder.iterdir()} == {"predictions.csv", "metrics.json", "head.keras", "logreg.joblib", "model.json"}
+        predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
+        assert list(predictions.columns) == PREDICTION_COLUMNS
+        assert (predictions["fold"] == fold).all()
+        assert set(predictions["patient_id"]) == set(folds.loc[folds["fold"] == fold, "patient_id"])
+        probabilities = predictions[[f"head_p{k}" for k in range(4)]].to_numpy()
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(predictions["head_pred"], probabilities.argmax(axis=1))
+
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["backbone"] == "mobilenet" and metrics["fold"] == fold
+        assert metrics["n_test_frames"] == len(predictions)
+        assert metrics["n_train_frames"] + len(predictions) == len(features.frames)
+        assert set(metrics["train_patients"]).isdisjoint(metrics["test_patients"])
+        for model in ("head", "logreg"):
+            block = metrics[model]
+            assert 0 <= block["accuracy"] <= 1 and block["fit_seconds"] > 0
+            assert block["video"]["n"] == predictions.groupby("video_id").ngroups
+            assert np.sum(block["confusion_matrix"]) == len(predictions)
+            assert block["accuracy"] == pytest.approx((predictions[f"{model}_pred"] == predictions["score"]).mean())
+        assert metrics["features"]["backbone"] == "mobilenet" and metrics["features"]["copies"] == 3
+        assert metrics["params"]["epochs"] == 3 and isinstance(metrics["warnings"], list)
+
+        model = json.loads((folder / "model.json").read_text())
+        assert MODEL_KEYS <= set(model)
+        assert model["extraction"]["frame_step"] == 20 and model["feature_dim"] == 256
+        assert model["classes"] == [0, 1, 2, 3] and model["train_patients"] == metrics["train_patients"]
+        tested.append(predictions)
+
+    pooled = pd.read_csv(full_run / "mobilenet" / "pooled" / "predictions.csv", dtype={"patient_id": str})
+    pd.testing.assert_frame_equal(pooled, pd.concat(tested, ignore_index=True))
+    assert len(pooled) == len(features.frames)
+    pooled_metrics = json.loads((full_run / "mobilenet" / "pooled" / "metrics.json").read_text())
+    assert pooled_metrics["fold"] == "pooled" and pooled_metrics["folds"] == [1, 2, 3]
+    assert pooled_metrics["head"]["accuracy"] == pytest.approx((pooled["head_pred"] == pooled["score"]).mean())
+
+    summary = pd.read_csv(full_run / "summary.csv", dtype={"fold": str})
+    assert list(summary.columns) == ["backbone", "fold", "model", "accuracy", "macro_f1", "qwk", "roc_auc", "seconds"]
+    assert list(summary["fold"]) == ["1", "1", "2", "2", "3", "3", "pooled", "pooled"]
+
+
+def test_saved_models_reproduce_the_predictions(full_run: Path, six_patient_features: Path):
+    import joblib
+    import keras
+
+    features = load_features(six_patient_features)
+    folder = full_run / "mobilenet" / "fold2"
+    predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
+    is_test = features.frames["patient_id"].isin(set(predictions["patient_id"])).to_numpy()
+    # predictions.csv keeps the feature file's frame order
+    assert list(features.frames.loc[is_test, "path"]) == list(predictions["path"])
+    X_test = features.features[0, is_test]
+    head = keras.saving.load_model(folder / "head.keras")
+    np.testing.assert_allclose(head.predict(X_test, verbose=0), predictions[[f"head_p{k}" for k in range(4)]], atol=1e-6)
+    pipeline = joblib.load(folder / "logreg.joblib")
+    expected = predictions[[f"logreg_p{k}" for k in pipeline.classes_]].to_numpy()
+    np.testing.assert_allclose(pipeline.predict_proba(X_test), expected, atol=1e-6)
+
+
+def test_same_seed_same_metrics(full_run: Path, six_patient_features: Path, tmp_path: Path):
+    again = tmp_path / "again"
+    assert main(["--fold", "2", "--features", str(six_patient_features), "--out", str(again)]) == 0
+    first = json.loads((full_run / "mobilenet" / "fold2" / "metrics.json").read_text())
+    second = json.loads((again / "mobilenet" / "fold2" / "metrics.json").read_text())
+    for record in (first, second):
+        for model in ("head", "logreg"):
+            record[model].pop("fit_seconds")
+        record["features"].pop("path")
+    assert first == second
+    pd.testing.assert_frame_equal(pd.read_csv(full_run / "mobilenet" / "fold2" / "predictions.csv"),
+                                  pd.read_csv(again / "mobilenet" / "fold2" / "predictions.csv"))
+
+
+def test_user_mistakes_are_errors_not_tracebacks(six_patient_features: Path, tmp_path: Path, capsys):
+    features = str(six_patient_features)
+    assert main(["--fold", "4", "--features", features, "--out", str(tmp_path / "a")]) == 1
+    assert "--fold 4" in capsys.readouterr().err
+    assert main(["--fold", "1", "--features", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "b")]) == 1
+    assert "not found" in capsys.readouterr().err
+    # a folds.csv made for other patients
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "folds.csv").write_text("patient_id,fold\n1,1\n4,2\n6,3\n")
+    assert main(["--fold", "1", "--features", features, "--out", str(tmp_path / "c")]) == 1
+    assert "does not cover 3 patient" in capsys.readouterr().err
+    # two files of one backbone would share RUN/mobilenet
+    shutil.copy(six_patient_features, tmp_path / "copy.h5")
+    assert main(["--fold", "1", "--features", features, str(tmp_path / "copy.h5"), "--out", str(tmp_path / "d")]) == 1
+    assert "several feature files of backbone mobilenet" in capsys.readouterr().err
+
+
+def test_warning_when_head_trails_the_regression():
+    predictions = pd.DataFrame({"head_pred": [0, 1, 2, 3], "logreg_pred": [0, 1, 2, 2]})
+    kappa, warnings = compare_models({"head": {"accuracy": 0.30}, "logreg": {"accuracy": 0.36}}, predictions)
+    assert len(warnings) == 1 and "below the logistic regression" in warnings[0]
+    assert 0 < kappa < 1
+    assert compare_models({"head": {"accuracy": 0.32}, "logreg": {"accuracy": 0.36}}, predictions)[1] == []

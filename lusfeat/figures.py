@@ -54,19 +54,23 @@ def roc_figure(predictions: pd.DataFrame, prefixes: Sequence[str]) -> Figure:
     figure, axes = _panels(len(prefixes))
     for ax, prefix in zip(axes, prefixes, strict=True):
         proba = frames[proba_columns(prefix)].to_numpy(float)
-        skipped = []
+        absent, only = [], []
         for k in CLASSES:
             positives = truth == k
-            if positives.all() or not positives.any():
-                skipped.append(str(k))  # AUC undefined without both positives and negatives
+            if positives.all() or not positives.any():  # AUC undefined without positives and negatives
+                (only if positives.all() else absent).append(str(k))
                 continue
             RocCurveDisplay.from_predictions(positives, proba[:, k], ax=ax, name=f"score {k} vs rest")
             ax.lines[-1].set_color(f"C{k}")  # one colour per score in every panel, whatever is skipped
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance (AUC = 0.5)")
         title = f"{model_label(prefix)}: ROC, one vs rest"
-        if skipped:
-            title += f"\n(score {', '.join(skipped)}: not in the truth, no curve)"
+        if only:
+            title += f"\n(every true score is {only[0]}: no curve can be drawn)"
+        elif absent:
+            title += f"\n(score {', '.join(absent)}: not in the truth, no curve)"
         ax.set_title(title, fontsize=10)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
         ax.legend(fontsize=8, loc="lower right")
     return figure
 

@@ -1,0 +1,57 @@
+"""VideoPoolingClassifier: pooling statistics, per-frame answers, video-level learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lusfeat.head import LogisticCheck
+from lusfeat.ordinal import OrdinalLogisticRegression
+from lusfeat.video_head import VideoPoolingClassifier, pool_videos, video_index
+
+
+def test_pool_videos_computes_mean_std_max_per_copy_and_video() -> None:
+    X = np.array([[[1.0], [3.0], [10.0]], [[2.0], [4.0], [20.0]]])  # 2 copies, 3 frames, 1 dim
+    ids, inverse = video_index(["b", "b", "a"])
+    assert list(ids) == ["b", "a"] and list(inverse) == [0, 0, 1]
+    pooled = pool_videos(X, inverse, 2, ("mean", "std", "max"))
+    assert pooled.shape == (2, 2, 3)
+    assert np.allclose(pooled[0, 0], [2.0, 1.0, 3.0]) and np.allclose(pooled[1, 1], [20.0, 0.0, 20.0])
+    with pytest.raises(ValueError, match="pooling"):
+        pool_videos(X, inverse, 2, ("median",))
+
+
+def synthetic_videos(n_videos: int = 80, frames: int = 10, seed: int = 0):
+    # Each video's score shows in its mean feature; single frames are very noisy.
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, n_videos)
+    X = np.repeat(scores * 1.0, frames)[:, None] + rng.normal(size=(n_videos * frames, 4)) * 3.0
+    videos = np.repeat([f"v{i}" for i in range(n_videos)], frames)
+    return X.astype(np.float32), np.repeat(scores, frames), videos
+
+
+@pytest.mark.parametrize("estimator", [LogisticCheck(C=1.0), OrdinalLogisticRegression(C=1.0)])
+def test_learns_from_video_statistics_and_answers_per_frame(estimator) -> None:
+    X, y, videos = synthetic_videos()
+    model = VideoPoolingClassifier(estimator=estimator, pooling=("mean",), random_state=0).fit(X, y, videos=videos)
+    assert model.n_videos_ == 80
+    X_test, y_test, videos_test = synthetic_videos(seed=1)
+    probabilities = model.predict_proba(X_test, videos_test)
+    assert probabilities.shape == (len(X_test), 4) and np.allclose(probabilities.sum(axis=1), 1.0)
+    # All frames of a video share its answer.
+    first = probabilities[videos_test == "v0"]
+    assert np.allclose(first, first[0])
+    video_accuracy = (model.predict(X_test, videos_test) == y_test).mean()
+    frame_accuracy = (LogisticCheck(C=1.0).fit(X, y).predict(X_test) == y_test).mean()
+    assert video_accuracy > frame_accuracy + 0.2
+
+
+def test_copies_give_extra_training_videos_and_videos_are_required() -> None:
+    X, y, videos = synthetic_videos(n_videos=20)
+    copies = np.stack([X, X * 1.01])
+    model = VideoPoolingClassifier(estimator=LogisticCheck()).fit(copies, y, videos=videos)
+    assert model.estimator_.n_features_in_ == 3 * X.shape[1]
+    with pytest.raises(ValueError, match="video id per frame"):
+        VideoPoolingClassifier().fit(X, y)
+    with pytest.raises(ValueError, match="video id per frame"):
+        model.predict_proba(X, videos[:-1])

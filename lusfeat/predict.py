@@ -164,6 +164,9 @@ def check_compatible(model: SavedModel, weights_identity: str, weights_descripti
     """Raise when the features we would compute are not the ones the head was trained on."""
     recorded = model.extraction
     problems = []
+    if recorded.pooling != "avg":
+        problems.append(f"pooling: model trained on {recorded.pooling!r} features, lusfeat.predict computes whole-frame "
+                        "'avg' pooled features only")
     if weights_identity != recorded.weights:
         hint = ""
         if recorded.weights == "imagenet":
@@ -179,8 +182,6 @@ def check_compatible(model: SavedModel, weights_identity: str, weights_descripti
         problems.append(f"input size: model trained at {recorded.input_size} px, you asked {input_size} px")
     if feature_dim != recorded.feature_dim:
         problems.append(f"feature size: model trained on {recorded.feature_dim}, the backbone gives {feature_dim}")
-    if recorded.pooling != "avg":
-        problems.append(f"pooling: model trained on {recorded.pooling!r} pooled features, lusfeat computes 'avg'")
     if problems:
         raise LusfeatError(f"{model.folder} does not fit these features, its scores would be wrong: " + "; ".join(problems))
 
@@ -270,13 +271,16 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
             data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
             input_size: int | None = None, rule: str = "mode", batch_size: int = 32, progress: bool = True) -> dict:
     """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict."""
-    from lusfeat.backbones import get_spec, resolve_weights
+    from lusfeat.backbones import BACKBONES, get_spec, resolve_weights
     from lusfeat.extract import plan_frames
 
     if rule not in RULES:
         raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
     out = Path(out)
     model = load_saved_model(model_dir)
+    if model.extraction.backbone not in BACKBONES:
+        raise LusfeatError(f"{model_dir}: trained on {model.extraction.backbone!r} features, which lusfeat.predict "
+                           f"cannot compute; it rebuilds the features of the backbones {', '.join(BACKBONES)}")
     spec = get_spec(model.extraction.backbone)
     source = resolve_weights(spec, weights)
     check_compatible(model, source.identity, source.description, input_size or model.extraction.input_size, spec.feature_dim)

@@ -142,3 +142,13 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
     (broken / "model.json").write_text(json.dumps(record))
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
     assert "maps 256 features to 4 classes, but model.json records 1024 features" in capsys.readouterr().err
+    record["extraction"]["feature_dim"] = 256
+    record["extraction"]["pooling"] = "avg:lung-crop-v1"  # features of cropped frames: predict cannot make them
+    (broken / "model.json").write_text(json.dumps(record))
+    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
+    error = capsys.readouterr().err
+    assert "pooling: model trained on 'avg:lung-crop-v1' features" in error and "backbone weights" in error
+    record["extraction"]["pooling"], record["extraction"]["backbone"] = "avg", "lus_signal"
+    (broken / "model.json").write_text(json.dumps(record))
+    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
+    assert "trained on 'lus_signal' features, which lusfeat.predict cannot compute" in capsys.readouterr().err

@@ -327,6 +327,10 @@ def _agreement_text(section: Section) -> str:
             f"kappa {_fmt(a['region_qwk'])} over {a['regions']} patient regions; global score MAE "
             f"{_fmt(a['global_mae'], 2)}, Pearson r {_fmt(a['global_pearson'])} ({_p(a['global_pearson_p'])}), "
             f"Spearman rho {_fmt(a['global_spearman'])} ({_p(a['global_spearman_p'])}) over {a['patients']} patients.</li>")
+    kappa = (section.metrics or {}).get("agreement_kappa")
+    if isinstance(kappa, int | float):
+        parts.append(f"<li>Head and logistic regression agree on frame scores with Cohen's kappa {kappa:.3f} "
+                     "(metrics.json).</li>")
     return f"<ul>{''.join(parts)}</ul>"
 
 

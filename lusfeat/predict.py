@@ -283,8 +283,9 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
                            f"cannot compute; it rebuilds the features of the backbones {', '.join(BACKBONES)}")
     spec = get_spec(model.extraction.backbone)
     source = resolve_weights(spec, weights)
-    check_compatible(model, source.identity, source.description, input_size or model.extraction.input_size, spec.feature_dim)
-    step = frame_step or model.extraction.frame_step
+    check_compatible(model, source.identity, source.description,
+                     model.extraction.input_size if input_size is None else input_size, spec.feature_dim)
+    step = model.extraction.frame_step if frame_step is None else frame_step
     if step < 1:
         raise LusfeatError("--frame-step must be >= 1")
     manifest = read_input(input_path, data_root, out)

@@ -334,7 +334,7 @@ def summary_lines(result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lusfeat.predict", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:4]))
     parser.add_argument("input", help="a manifest CSV, or a folder of one patient's files named by region (or of patient folders)")
     parser.add_argument("--model", required=True, help="a lusfeat.fit model folder: RUN/<backbone>/fold<k>")
     parser.add_argument("--data-root", default=None, help="folder a manifest's paths are relative to "

@@ -371,6 +371,9 @@ def _data_html(run: Run, rule: str) -> str:
         f"{'/'.join(map(str, per_video))}); groups: {_esc(group_text)}.</li>",
         f"<li><b>Regions</b> (from the data): {_esc(' '.join(regions))}; a patient's global score is the sum of its "
         f"region scores, 0-{3 * len(regions)} when all {len(regions)} are present.</li>",
+        *(["<li><b>Source</b>: COVID-BLUES (Wiedemann et al., IEEE JBHI 29(9):6301-6310, 2025; CC BY-NC-ND 4.0), "
+            "six BLUE points per patient, one expert score per video; read at run time, never copied.</li>"]
+          if frames["path"].astype(str).str.contains("COVID-BLUES").any() else []),
         "<li><b>Labels</b>: each frame inherits the expert score of its video (COVID-BLUES scores each video once); "
         "frame-level numbers therefore measure agreement with a video label, not a per-frame reading.</li>",
     ]

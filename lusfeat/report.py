@@ -210,7 +210,7 @@ img{max-width:100%;height:auto;border:1px solid #e3e3e3;margin:4px 0}
 figure{margin:0;flex:0 1 calc(50% - 6px);max-width:calc(50% - 6px)} figure img{width:100%} figcaption{font-weight:bold;font-size:14px;margin:10px 0 2px}
 .cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{border:1px solid #ccd;border-radius:4px;padding:6px 8px;flex:0 0 auto}
-.card table{margin:2px 0;font-size:12px} .card h4{margin:2px 0 4px}
+.card table{margin:2px 0;font-size:12px} .card td,.card th{padding:2px 5px} .card h4{margin:2px 0 4px}
 nav ul{columns:3;font-size:13px}
 """
 
@@ -298,7 +298,7 @@ def _patient_card(section: Section, patient: str) -> str:
     regions = natural_sorted(first.index)
     header = ["region", "frames", "truth"]
     for prefix in tables:
-        header += [f"{prefix} frames 0/1/2/3", prefix]
+        header += [f"{prefix} n 0/1/2/3", prefix]
     rows = []
     for region in regions:
         truth = int(first.loc[region, "truth"])
@@ -437,6 +437,9 @@ def build_html(run: Run, rule: str) -> str:
             else:
                 parts += [f"<h4>Per-patient tables, {_esc(section.name)} (paper's Fig. 4: predicted frames per score, "
                           "region and global scores)</h4>",
+                          '<p class="note">Per region: its frames, its true score, then for each model the number of '
+                          "frames it scored 0/1/2/3 and the region score it gives (their most frequent score, or by "
+                          "the rule above); the last row sums the regions into the global score.</p>",
                           '<div class="cards">' + "".join(_patient_card(section, p) for p in patients) + "</div>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>lusfeat report {_esc(run.path.resolve().name)}</title><style>{CSS}</style></head><body>"

@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 LABELS = np.array([0, 1, 2, 3])
 
@@ -208,11 +209,15 @@ class LogisticCheck(ClassifierMixin, BaseEstimator):
         if n == 0:
             raise ValueError("no training frames")
         y = check_scores(y, n)
-        pipeline = make_pipeline(
-            StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=self.max_iter, solver="lbfgs", random_state=self.random_state),
-        )
-        pipeline.fit(X.reshape(copies * n, dim), np.tile(y, copies))
+        rows, scores = X.reshape(copies * n, dim), np.tile(y, copies)
+        scaler = fitted_standard_scaler(rows)
+        regression = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="lbfgs", random_state=self.random_state)
+        # One BLAS thread: the gradient products are skinny (4 x n times n x dim), and with two
+        # threads on a busy 2-core machine OpenBLAS waited far more than it computed (measured
+        # on 21,000 x 2048 rows: 3.9 s with two threads, 0.5 s with one).
+        with threadpool_limits(limits=1, user_api="blas"):
+            regression.fit(scaler.transform(rows), scores)
+        pipeline = make_pipeline(scaler, regression)
         self.pipeline_: Pipeline = pipeline
         self.classes_ = LABELS.copy()
         self.n_features_in_ = dim
@@ -229,6 +234,32 @@ class LogisticCheck(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def fitted_standard_scaler(X: np.ndarray, block_rows: int = 4096) -> StandardScaler:
+    """A ``StandardScaler`` fitted on ``X``, as ``StandardScaler().fit(X)`` would be, but fast.
+
+    scikit-learn's fit makes full float64 temporaries of ``X`` (1.7 s CPU for 63,000 x 2048
+    float32 rows, against 0.2 s here); this sums in float64 over blocks of rows and sets the
+    documented fitted attributes, so the pipeline saved is a plain scikit-learn one.
+    """
+    n, dim = X.shape
+    total, squares = np.zeros(dim), np.zeros(dim)
+    for start in range(0, n, block_rows):
+        block = X[start:start + block_rows].astype(np.float64)
+        total += block.sum(axis=0)
+    mean = total / n
+    for start in range(0, n, block_rows):
+        block = X[start:start + block_rows].astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", block, block)
+    var = squares / n
+    scale = np.sqrt(var)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0  # constant features: left unscaled, as scikit-learn does
+    scaler = StandardScaler()
+    scaler.mean_, scaler.var_, scaler.scale_ = mean, var, scale
+    scaler.n_samples_seen_ = n
+    scaler.n_features_in_ = dim
+    return scaler
 
 
 def pipeline_probabilities(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:

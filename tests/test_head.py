@@ -112,3 +112,16 @@ def test_bad_scores_are_rejected():
     X, y = separable(8)
     with pytest.raises(ValueError, match="0, 1, 2 or 3"):
         SeverityHead().fit(X, y + 1)
+
+
+def test_fast_scaler_matches_scikit_learn():
+    from sklearn.preprocessing import StandardScaler
+
+    from lusfeat.head import fitted_standard_scaler
+
+    X = np.random.default_rng(0).gamma(2.0, size=(1000, 8)).astype(np.float32)
+    X[:, 3] = 5.0  # a constant feature stays unscaled
+    expected, fast = StandardScaler().fit(X), fitted_standard_scaler(X, block_rows=300)
+    for name in ("mean_", "var_", "scale_"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(expected, name), rtol=1e-10)
+    np.testing.assert_allclose(fast.transform(X), expected.transform(X), atol=1e-6)

@@ -1,11 +1,12 @@
 """Backbone features of the lung only: crop each frame below the pleural line, then extract.
 
     python -m lusfeat.lung_crop --backbone xception [--manifest data_manifest.csv] [--frame-step 10]
-        [--augment-copies 2] [--weights imagenet] [--out features/]
+        [--augment-copies 2] [--weights imagenet] [--out features/lung_crop/]
 
-writes ``OUT/<backbone>_lung.h5`` (same format, per-frame table and copies as ``lusfeat.extract``'s
-``OUT/<backbone>.h5``; ``pooling`` is recorded as ``avg:lung-crop-v1`` so it is never mistaken for
-whole-frame features).
+writes ``OUT/<backbone>.h5`` (same format and per-frame table as ``lusfeat.extract``'s; ``pooling``
+is recorded as ``avg:lung-crop-v1`` so it is never mistaken for whole-frame features). The default
+folder is a subfolder, so that ``lusfeat.fit``'s default ``features/*.h5`` never sees two
+files of one backbone.
 
 Why: a whole LUS frame is mostly chest wall (skin, muscle, ribs) above the pleural line, whose look
 depends on the patient's build more than on the lung; the severity signs (B-lines, white lung,
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-copies", type=int, default=2, help="augmented copies (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
-    parser.add_argument("--out", default="features", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="features/lung_crop", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a file made with other settings")
     return parser
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             aug_zoom=params.zoom, aug_flip=params.flip, seed=args.seed, frame_step=args.frame_step,
             manifest_sha256=file_sha256(args.manifest), pooling=POOLING_TAG,
         )
-        out = Path(args.out) / f"{spec.name}_lung.h5"
+        out = Path(args.out) / f"{spec.name}.h5"
         began = time.perf_counter()
         with FeatureWriter(out, config, frames, overwrite=args.overwrite, weights_source=source.description) as writer:
             if writer.complete:

@@ -31,7 +31,7 @@ def test_command_writes_lung_features(two_patient_manifest: Path, data_root: Pat
     code = main(["--manifest", str(two_patient_manifest), "--data-root", str(data_root), "--backbone", "mobilenet",
                  "--weights", str(weights_dir), "--frame-step", "90", "--augment-copies", "0", "--out", str(tmp_path)])
     assert code == 0
-    features = load_features(tmp_path / "mobilenet_lung.h5")
+    features = load_features(tmp_path / "mobilenet.h5")
     assert features.config.pooling == POOLING_TAG
     assert features.features.shape[0] == 1 and features.features.shape[2] == 256
     assert np.isfinite(features.features).all() and features.features.std() > 0

@@ -1,0 +1,433 @@
+"""Accuracy on real data: the paper-faithful head against candidates, on identical patient-level folds.
+
+    python benchmarks/accuracy.py [--features /work/features] [--backbones xception,vgg16]
+        [--seeds 0,1,2] [--folds 3] [--methods all|NAME,...] [--out FILE|DIR]
+
+Reads cached feature files (``FEATURES/<backbone>.h5`` from ``python -m lusfeat.extract``;
+``FEATURES/lus_signal.h5`` from ``python -m lusfeat.lus_signal`` for the ``lus_signal`` methods;
+``FEATURES/lung_crop/<backbone>.h5`` from ``python -m lusfeat.lung_crop --out FEATURES/lung_crop``
+for the ``-lung`` methods; all made with the same manifest and frame step, so their rows line up).
+
+Protocol. For each seed ``s``: patient-level folds ``lusfeat.folds.make_folds(patient_strata,
+k, seed=s)`` (stratified by covid / negative), the same for every method; every model gets
+``random_state=s``. Each method is trained on the training folds' frames and scores the held-out
+patients; the held-out predictions of all folds are pooled (each of the 63 patients scored once
+per seed) and scored. Metrics per seed, then mean, sample standard deviation, min and max over
+seeds:
+
+- frame level: accuracy, macro-F1, quadratic weighted kappa (QWK), macro one-vs-rest ROC-AUC;
+- video level: QWK of the video score (most frequent frame score, ties to the higher; a
+  video-level method gives all its frames one score);
+- patient level: mean absolute error of the global score (region score = most frequent frame
+  score, ties to the higher; global = sum over the patient's regions; ``lusfeat.aggregate``).
+
+The ``*-leaky`` rows repeat a method with a frame-level random split (a patient's frames on both
+sides): not a result, a warning of what a frame-level split fakes.
+
+Hyper-parameters: fixed in advance (the paper's head; C = 0.01 for the linear frame-level models,
+LogisticCheck's default from the earlier probes), except for the video-level models, whose L2
+strength C is chosen by nested CV: an inner patient-level 3-fold split of the *training* patients
+only, grid ``NESTED_C``, criterion video-level QWK. The test fold is never used for a choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import command_line, format_table, machine_info, save_json  # noqa: E402
+from lusfeat.errors import LusfeatError  # noqa: E402
+
+N_CLASSES = 4
+LUNG_CROP_PREFIX = "lung_crop/"  # FEATURES/lung_crop/<backbone>.h5, from python -m lusfeat.lung_crop
+NESTED_C = (0.001, 0.01, 0.1)
+METRICS = ("accuracy", "macro_f1", "qwk", "roc_auc", "video_qwk", "global_mae")
+METRIC_LABELS = {"accuracy": "frame acc", "macro_f1": "macro-F1", "qwk": "frame QWK", "roc_auc": "ROC-AUC",
+                 "video_qwk": "video QWK", "global_mae": "global MAE"}
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    """Aligned feature blocks ``(copies, n, dim)`` by name, and the per-frame table."""
+
+    frames: pd.DataFrame
+    blocks: dict[str, np.ndarray]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def features(self, names: tuple[str, ...]) -> np.ndarray:
+        missing = [name for name in names if name not in self.blocks]
+        if missing:
+            raise LusfeatError(f"feature file(s) for {', '.join(missing)} not loaded")
+        parts = [self.blocks[name] for name in names]
+        copies = min(part.shape[0] for part in parts)
+        return np.concatenate([part[:copies] for part in parts], axis=2)
+
+
+def load_data(folder: Path, names: list[str]) -> Data:
+    from lusfeat.store import load_features
+
+    frames, blocks, sources = None, {}, {}
+    for name in names:
+        feature_set = load_features(folder / f"{name}.h5")
+        table = feature_set.frames
+        if frames is None:
+            frames = table
+        elif not (table[["path", "frame_index"]].to_numpy() == frames[["path", "frame_index"]].to_numpy()).all():
+            raise LusfeatError(f"{name}.h5 does not list the same frames as {names[0]}.h5: extract both with the "
+                               "same manifest and frame step")
+        blocks[name] = feature_set.features
+        sources[name] = {key: feature_set.attrs[key] for key in ("backbone", "weights", "input_size", "feature_dim",
+                                                                  "copies", "frame_step", "manifest_sha256")}
+        sources[name]["shape"] = list(feature_set.features.shape)
+    return Data(frames.reset_index(drop=True), blocks, sources)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Method:
+    """One configuration: features, a model factory ``(seed, C) -> estimator``, how to read classes."""
+
+    name: str
+    description: str
+    features: tuple[str, ...]
+    make: Callable[[int, float | None], Any]
+    level: str = "frame"  # "video": the estimator takes videos= and answers per frame
+    decision: str = "argmax"  # "argmax" | "expected" | "median" | "model" (the estimator's predict)
+    nested_c: tuple[float, ...] = ()
+    leaky: bool = False
+    group: str = "candidate"  # "baseline" | "leaky" | "candidate"
+    copies: int | None = None  # train on the first N cached copies only (None: all)
+
+
+def _paper(seed: int, _c: float | None = None, **kwargs: Any):
+    from lusfeat.head import SeverityHead
+
+    return SeverityHead(random_state=seed, **kwargs)
+
+
+def _logreg(seed: int, c: float | None = None):
+    from lusfeat.head import LogisticCheck
+
+    return LogisticCheck(C=c or 0.01, random_state=seed)
+
+
+def _ordinal(seed: int, c: float | None = None, **kwargs: Any):
+    from lusfeat.ordinal import OrdinalLogisticRegression
+
+    return OrdinalLogisticRegression(C=c or 0.01, random_state=seed, **kwargs)
+
+
+def _video(inner: Callable[..., Any], **inner_kwargs: Any) -> Callable[[int, float | None], Any]:
+    def make(seed: int, c: float | None = None):
+        from lusfeat.video_head import VideoPoolingClassifier
+
+        return VideoPoolingClassifier(estimator=inner(seed, c, **inner_kwargs), random_state=seed)
+
+    return make
+
+
+def _balanced_paper(seed: int, _c: float | None = None):
+    return _paper(seed, class_weight="balanced")
+
+
+def _head_takes_class_weight() -> bool:
+    from lusfeat.head import SeverityHead
+
+    return "class_weight" in SeverityHead().get_params()
+
+
+def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...] = NESTED_C,
+                  lung: bool = False) -> list[Method]:
+    methods: list[Method] = []
+    for bb in backbones:
+        feats = (bb,)
+        methods += [
+            Method(f"{bb}/paper", "paper head: Dropout 0.5 + Dense 4 softmax, Adam 1e-3, batch 32, 3 epochs, "
+                   "one cached copy per frame per epoch; argmax", feats, _paper, group="baseline"),
+            Method(f"{bb}/paper-leaky", "the same, frame-level random split (LEAKY)", feats, _paper,
+                   leaky=True, group="leaky"),
+            Method(f"{bb}/logreg", "stage two's cross-check: standardised logistic regression C=0.01, all copies",
+                   feats, _logreg, group="baseline"),
+        ]
+    bb = backbones[0]
+    feats = (bb,)
+    methods += [
+        Method(f"{bb}/paper+expected", "(b) paper head, class read as the rounded expected score", feats, _paper,
+               decision="expected"),
+    ]
+    if _head_takes_class_weight():
+        methods.append(Method(f"{bb}/paper+balanced", "(d) paper head with balanced class weights in the loss",
+                              feats, _balanced_paper))
+    methods += [
+        Method(f"{bb}/ordinal", "(b) cumulative-link (proportional-odds) logistic regression, C=0.01, median",
+               feats, _ordinal, decision="model"),
+        Method(f"{bb}/ordinal+balanced", "(b)+(d) the same with balanced class weights", feats,
+               lambda s, c=None: _ordinal(s, c, class_weight="balanced"), decision="model"),
+        Method(f"{bb}/video-logreg", "(a) video level: mean+std+max of frame features -> logistic regression, "
+               "C nested", feats, _video(_logreg), level="video", nested_c=nested_c),
+        Method(f"{bb}/video-ordinal", "(a)+(b) video level: mean+std+max -> ordinal regression, C nested", feats,
+               _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+        Method(f"{bb}/video-ordinal+balanced", "(a)+(b)+(d) the same with balanced class weights", feats,
+               _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
+    ]
+    if signal:
+        sig = ("lus_signal",)
+        methods += [
+            Method("lus_signal/ordinal", "(c) hand-made LUS signal alone (24 numbers), ordinal regression C=0.01",
+                   sig, _ordinal, decision="model"),
+            Method("lus_signal/video-ordinal", "(c) signal alone, video level mean+std+max, ordinal, C nested", sig,
+                   _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+            Method(f"{bb}+lus_signal/ordinal", "(c) backbone features + signal, ordinal regression C=0.01",
+                   (bb, "lus_signal"), _ordinal, decision="model"),
+            Method(f"{bb}+lus_signal/video-ordinal", "(a)+(b)+(c) video level, backbone + signal, ordinal, C nested",
+                   (bb, "lus_signal"), _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+        ]
+    if lung:
+        crop = (LUNG_CROP_PREFIX + bb,)
+        methods += [
+            Method(f"{bb}/paper-copy0", "reference for the lung crop: paper head, whole frame, original copy only "
+                   "(no augmentation)", feats, _paper, copies=1),
+            Method(f"{bb}-lung/paper", "lung crop (below the pleura) features, paper head, original copy only",
+                   crop, _paper),
+            Method(f"{bb}-lung/ordinal", "lung crop features, ordinal regression C=0.01", crop, _ordinal,
+                   decision="model"),
+            Method(f"{bb}-lung/video-ordinal", "lung crop features, video level mean+std+max, ordinal, C nested",
+                   crop, _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+        ]
+    return methods
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def classes_from(probabilities: np.ndarray, decision: str, model: Any, X: np.ndarray, videos: np.ndarray | None) -> np.ndarray:
+    from lusfeat.ordinal import decide
+
+    if decision == "model":
+        return np.asarray(model.predict(X, videos) if videos is not None else model.predict(X))
+    return decide(probabilities, decision)
+
+
+def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, train: np.ndarray,
+                test: np.ndarray, seed: int, c: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train``."""
+    model = method.make(seed, c)
+    X_train, X_test = X[:, train], X[:, test]
+    if method.level == "video":
+        model.fit(X_train, y[train], videos=videos[train])
+        probabilities = model.predict_proba(X_test, videos[test])
+        return probabilities, classes_from(probabilities, method.decision, model, X_test, videos[test])
+    model.fit(X_train, y[train])
+    probabilities = model.predict_proba(X_test)
+    return probabilities, classes_from(probabilities, method.decision, model, X_test, None)
+
+
+def choose_c(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, frames: pd.DataFrame,
+             train: np.ndarray, seed: int) -> tuple[float, dict[str, float]]:
+    """Nested CV inside the training patients: the C of ``method.nested_c`` with the best video QWK."""
+    from lusfeat.folds import make_folds, patient_strata, split_frames
+
+    inner_frames = frames.iloc[train].reset_index(drop=True)
+    inner_folds = make_folds(patient_strata(inner_frames), 3, seed=seed + 1000)
+    scores = {}
+    for c in method.nested_c:
+        predicted = np.zeros(len(train), np.int64)
+        for fold in range(1, 4):
+            inner_train, inner_test = split_frames(inner_frames, inner_folds, fold)
+            _, classes = fit_predict(method, X[:, train], y[train], videos[train], inner_train, inner_test, seed, c)
+            predicted[inner_test] = classes
+        scores[str(c)] = video_qwk(inner_frames, predicted)
+    best = max(method.nested_c, key=lambda c: (scores[str(c)], -c))  # a tie goes to the stronger penalty
+    return best, scores
+
+
+def video_qwk(frames: pd.DataFrame, predicted: np.ndarray) -> float:
+    from sklearn.metrics import cohen_kappa_score
+
+    from lusfeat.aggregate import most_frequent
+
+    table = pd.DataFrame({"video": frames["video_id"].astype(str).to_numpy(), "truth": frames["score"].to_numpy(),
+                          "pred": predicted})
+    per_video = table.groupby("video", sort=False).agg(truth=("truth", most_frequent), pred=("pred", most_frequent))
+    return float(cohen_kappa_score(per_video["truth"], per_video["pred"], weights="quadratic",
+                                   labels=list(range(N_CLASSES))))
+
+
+def score(frames: pd.DataFrame, probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Every metric of the module docstring, on held-out predictions of all frames."""
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+
+    from lusfeat.aggregate import global_scores, region_scores
+
+    truth = frames["score"].to_numpy().astype(int)
+    labels = list(range(N_CLASSES))
+    probabilities = np.clip(probabilities, 0, None)
+    probabilities = probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
+    table = frames[["patient_id", "region", "video_id", "score"]].copy()
+    for k in labels:
+        table[f"m_p{k}"] = probabilities[:, k]
+    table["m_pred"] = predicted
+    regions = region_scores(table, "m", rule="mode")
+    patients = global_scores(regions)
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
+        "qwk": float(cohen_kappa_score(truth, predicted, weights="quadratic", labels=labels)),
+        "roc_auc": float(roc_auc_score(truth, probabilities, multi_class="ovr", average="macro", labels=labels)),
+        "video_qwk": video_qwk(frames, predicted),
+        "region_qwk": float(cohen_kappa_score(regions["truth"], regions["pred"], weights="quadratic", labels=labels)),
+        "global_mae": float(patients["abs_error"].mean()),
+        "predicted_counts": np.bincount(predicted, minlength=N_CLASSES).tolist(),
+    }
+
+
+def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> dict[str, Any]:
+    from sklearn.model_selection import StratifiedKFold
+
+    from lusfeat.folds import make_folds, patient_strata, split_frames
+
+    X = data.features(method.features)
+    if method.copies is not None:
+        X = X[:method.copies]
+    frames = data.frames
+    y = frames["score"].to_numpy().astype(np.int32)
+    videos = frames["video_id"].astype(str).to_numpy()
+    per_seed, chosen, began = [], [], time.perf_counter()
+    for seed in seeds:
+        if method.leaky:
+            splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            splits = list(splitter.split(np.zeros(len(y)), y))
+        else:
+            folds = make_folds(patient_strata(frames), n_folds, seed=seed)
+            splits = [split_frames(frames, folds, fold) for fold in range(1, n_folds + 1)]
+        probabilities = np.zeros((len(y), N_CLASSES))
+        predicted = np.zeros(len(y), np.int64)
+        for fold, (train, test) in enumerate(splits, start=1):
+            c = None
+            if method.nested_c:
+                c, inner = choose_c(method, X, y, videos, frames, train, seed)
+                chosen.append({"seed": seed, "fold": fold, "C": c, "inner_video_qwk": inner})
+            probabilities[test], predicted[test] = fit_predict(method, X, y, videos, train, test, seed, c)
+        per_seed.append({"seed": seed, **score(frames, probabilities, predicted)})
+        print(f"  {method.name} seed {seed}: " + ", ".join(f"{k} {per_seed[-1][k]:.3f}" for k in METRICS),
+              file=sys.stderr, flush=True)
+    summary = {}
+    for metric in (*METRICS, "region_qwk"):
+        values = np.array([row[metric] for row in per_seed])
+        summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                           "min": float(values.min()), "max": float(values.max())}
+    return {"name": method.name, "description": method.description, "group": method.group,
+            "features": list(method.features), "level": method.level, "decision": method.decision,
+            "split": "frame-level random (LEAKY)" if method.leaky else "patient-level",
+            "nested_c_grid": list(method.nested_c), "chosen_c": chosen, "per_seed": per_seed, "summary": summary,
+            "seconds": time.perf_counter() - began}
+
+
+def wins_over(candidate: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Per seed, does the candidate beat the baseline on frame-or-video QWK and on macro-F1?"""
+    rows = []
+    for mine, theirs in zip(candidate["per_seed"], baseline["per_seed"], strict=True):
+        rows.append({"seed": mine["seed"], "qwk": mine["qwk"] > theirs["qwk"],
+                     "video_qwk": mine["video_qwk"] > theirs["video_qwk"], "macro_f1": mine["macro_f1"] > theirs["macro_f1"]})
+    every_seed = all((row["qwk"] or row["video_qwk"]) and row["macro_f1"] for row in rows)
+    strict = all(row["qwk"] and row["video_qwk"] and row["macro_f1"] for row in rows)
+    return {"baseline": baseline["name"], "per_seed": rows, "wins_every_seed": every_seed,
+            "wins_every_seed_all_three": strict}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    headers = ["method", "level", "split", *[METRIC_LABELS[m] for m in METRICS]]
+    rows = []
+    for result in results:
+        cells = [f"{result['summary'][m]['mean']:.3f} ± {result['summary'][m]['std']:.3f}" for m in METRICS]
+        rows.append([result["name"], result["level"], "LEAKY frame split" if "LEAKY" in result["split"] else "patient",
+                     *cells])
+    return format_table(headers, rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/accuracy.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--features", default="features", help="folder of <backbone>.h5 and lus_signal.h5")
+    parser.add_argument("--backbones", default="xception", help="comma-separated; the first gets the candidates")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=3, help="patient-level folds (default: %(default)s)")
+    parser.add_argument("--methods", default="all", help="all, or comma-separated method names or shell patterns ('xception/*')")
+    parser.add_argument("--nested-c", default=",".join(map(str, NESTED_C)),
+                        help="C grid of the nested CV of the video-level models (default: %(default)s)")
+    parser.add_argument("--no-signal", action="store_true", help="skip the lus_signal methods")
+    parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        folder = Path(args.features)
+        backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        signal = not args.no_signal and (folder / "lus_signal.h5").is_file()
+        grid = tuple(float(c) for c in args.nested_c.split(",") if c.strip())
+        if not grid or min(grid) <= 0:
+            raise LusfeatError("--nested-c must list positive values")
+        lung = (folder / f"{LUNG_CROP_PREFIX}{backbones[0]}.h5").is_file() if backbones else False
+        methods = build_methods(backbones, signal, grid, lung)
+        if args.methods != "all":
+            wanted = [name.strip() for name in args.methods.split(",") if name.strip()]
+            methods = [m for m in methods if any(fnmatch.fnmatchcase(m.name, w) for w in wanted)]
+            if not methods:
+                raise LusfeatError(f"--methods {args.methods}: no method matches")
+        needed = list(dict.fromkeys(name for method in methods for name in method.features))
+        data = load_data(folder, needed)
+    except LusfeatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    results = []
+    for method in methods:
+        print(f"{method.name} ...", file=sys.stderr, flush=True)
+        results.append(run_method(method, data, seeds, args.folds))
+    baselines = {result["features"][0]: result for result in results if result["name"].endswith("/paper")}
+    reference = baselines.get(backbones[0])
+    if reference is not None:
+        for result in results:
+            if result["group"] == "candidate":
+                result["versus_paper"] = wins_over(result, reference)
+    frames = data.frames
+    record = {
+        "benchmark": "accuracy",
+        "command": command_line("accuracy.py", argv),
+        "protocol": __doc__.split("\n\n", 2)[2].strip(),
+        "data": {"frames": len(frames), "patients": int(frames["patient_id"].nunique()),
+                 "videos": int(frames["video_id"].nunique()),
+                 "score_counts": np.bincount(frames["score"].astype(int), minlength=N_CLASSES).tolist()},
+        "feature_files": data.sources,
+        "seeds": seeds,
+        "folds": args.folds,
+        "nested_c_grid": list(grid),
+        "machine": machine_info(),
+        "results": results,
+    }
+    path = save_json(record, args.out, "accuracy")
+    print(table(results))
+    print(f"\nwritten {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""benchmarks/accuracy.py end to end on small synthetic feature files (no data, no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import accuracy  # noqa: E402
+
+
+def write_feature_file(folder: Path, name: str, frames: pd.DataFrame, features: np.ndarray) -> None:
+    from lusfeat.store import ExtractionConfig, FeatureWriter
+
+    config = ExtractionConfig(backbone=name, weights="none", input_size=64, feature_dim=features.shape[2],
+                              dtype="float32", copies=features.shape[0], aug_rotation=10.0, aug_shift=0.1,
+                              aug_zoom=0.1, aug_flip=True, seed=0, frame_step=10, manifest_sha256="0" * 64)
+    with FeatureWriter(folder / f"{name}.h5", config, frames) as writer:
+        writer.write(0, features.astype(np.float32))
+        writer.finish()
+
+
+@pytest.fixture
+def synthetic_features(tmp_path: Path) -> Path:
+    """18 patients x 6 regions x 4 frames; the score shows (noisily) in both feature files."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for patient in range(1, 19):
+        for region in ("L1", "L2", "L3", "R1", "R2", "R3"):
+            score = int(rng.integers(4))
+            for frame in range(4):
+                rows.append({"path": f"v/patient_{patient}_{region}.mp4", "frame_index": frame * 10,
+                             "patient_id": str(patient), "region": region, "score": score,
+                             "video_id": f"patient_{patient}_{region}",
+                             "group": "covid" if patient % 2 else "negative"})
+    frames = pd.DataFrame(rows)
+    scores = frames["score"].to_numpy()
+    backbone = np.abs(scores[None, :, None] * 2.0 + rng.normal(size=(2, len(frames), 16)))
+    signal = scores[None, :, None] * 0.5 + rng.normal(size=(2, len(frames), 24))
+    write_feature_file(tmp_path, "xception", frames, backbone)
+    write_feature_file(tmp_path, "lus_signal", frames, signal)
+    return tmp_path
+
+
+def test_accuracy_benchmark_writes_the_table_and_json(synthetic_features: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "accuracy.json"
+    methods = "xception/paper,xception/paper-leaky,xception/ordinal,xception/video-ordinal,lus_signal/ordinal"
+    code = accuracy.main(["--features", str(synthetic_features), "--seeds", "0,1", "--folds", "2", "--nested-c", "0.01,1", "--methods", methods,
+                          "--out", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    names = [result["name"] for result in record["results"]]
+    assert names == ["xception/paper", "xception/paper-leaky", "xception/ordinal", "xception/video-ordinal",
+                     "lus_signal/ordinal"]
+    assert record["data"] == {"frames": 432, "patients": 18, "videos": 108, "score_counts": record["data"]["score_counts"]}
+    by_name = {result["name"]: result for result in record["results"]}
+    assert "LEAKY" in by_name["xception/paper-leaky"]["split"] and by_name["xception/paper"]["split"] == "patient-level"
+    for result in record["results"]:
+        assert [row["seed"] for row in result["per_seed"]] == [0, 1]
+        for metric in accuracy.METRICS:
+            assert math.isfinite(result["summary"][metric]["mean"])
+        # The score shows in the features: every method must find it (the paper's head, with its
+        # few steps on so few frames, less well).
+        assert result["summary"]["qwk"]["mean"] > (0.1 if "paper" in result["name"] else 0.5), result["name"]
+    nested = by_name["xception/video-ordinal"]["chosen_c"]
+    assert len(nested) == 2 * 2 and all(row["C"] in (0.01, 1.0) for row in nested)
+    assert by_name["xception/ordinal"]["versus_paper"]["baseline"] == "xception/paper"
+    assert "versus_paper" not in by_name["xception/paper"]
+    table = capsys.readouterr().out
+    assert "| xception/paper-leaky | frame | LEAKY frame split |" in table
+
+
+def test_unknown_method_and_missing_file_are_clear_errors(synthetic_features: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert accuracy.main(["--features", str(synthetic_features), "--methods", "nothing"]) == 1
+    assert "no method matches" in capsys.readouterr().err
+    assert accuracy.main(["--features", str(tmp_path / "empty"), "--methods", "xception/paper"]) == 1
+    assert "not found" in capsys.readouterr().err

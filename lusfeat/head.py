@@ -7,10 +7,12 @@ answer with the four classes 0..3, even when a training fold lacks one. Evaluati
 :class:`SeverityHead` is Dropout(0.5) then Dense(4, softmax), Adam, sparse cross-entropy, batch
 32, 3 epochs, as in the paper. Each epoch draws one cached copy per training frame, so the
 augmentation survives caching. Keras ``model.fit`` spends most of its time on per-step overhead
-for a model this small (about 10 s per fold at COVID-BLUES size, 3 ms a step); here all epochs
-run in one compiled graph loop (``tf.function`` over ``tf.range``), with the frame order, copy
-draws and batch boundaries computed up front by NumPy from ``random_state``. The arithmetic is
-the same as ``model.fit``'s: same layers, optimizer, loss, batch size and a smaller last batch.
+for a model this small; here all epochs run in one compiled graph loop (``tf.function`` over
+``tf.range``), with the frame order, copy draws and batch boundaries computed up front by NumPy
+from ``random_state``. The arithmetic is the same as ``model.fit``'s: same layers, optimizer,
+loss, batch size and a smaller last batch. Measured on the shared 2-core CPU, 21,000 frames x 3
+copies x 2048 dims: ``model.fit`` 9.9 s, ``steps_per_execution=32`` 4.3 s, this loop 2.0-2.3 s
+of CPU (trace included); XLA (``jit_compile``) took over 100 s.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class FitParams:
     dropout: float = 0.5
     seed: int = 0
     folds: int = 3
-    logreg_C: float = 0.01
+    logreg_C: float = 0.001
     logreg_max_iter: int = 200
 
     def head(self) -> SeverityHead:

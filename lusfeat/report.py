@@ -395,6 +395,13 @@ def _data_html(run: Run, rule: str) -> str:
     items.append(f"<li><b>Aggregation</b>: a region's predicted score is {rule_text}; its true score is the most "
                  "frequent true frame score. Colours: green = equal to the truth, amber = off by one (global: by up "
                  "to two), red = further, grey = no truth.</li>")
+    counts = frames.groupby("patient_id")["region"].nunique()
+    short = counts[counts < len(regions)]
+    if len(short):
+        items.append(f"<li><b>Incomplete patients</b>: {len(short)} of {len(counts)} patients have fewer than "
+                     f"{len(regions)} regions (from {int(counts.min())}); their global scores span a smaller range "
+                     "(0-3 per region scored), so global MAE and correlations mix ranges. Each table shows the "
+                     "number of regions beside the score.</li>")
     items.append("<li>Small numbers: with a few dozen patients, correlations and kappas carry wide uncertainty; "
                  "the p-values shown are the usual two-sided tests, not corrected for the several models and folds.</li>")
     return f'<div class="box"><ul>{"".join(items)}</ul></div>'

@@ -33,7 +33,7 @@ from lusfeat.errors import LusfeatError
 from lusfeat.folds import load_or_make_folds, split_frames
 from lusfeat.head import LABELS, LogisticCheck, SeverityHead
 from lusfeat.metrics import agreement_kappa, evaluate
-from lusfeat.store import FeatureSet, load_features
+from lusfeat.store import ExtractionConfig, FeatureSet, load_features, read_frame_table
 
 log = logging.getLogger("lusfeat.fit")
 DEFAULT_FEATURES = "features/*.h5"
@@ -84,15 +84,14 @@ def _patients(values: Any) -> list[str]:
     return sorted(unique, key=lambda p: (int(p), p) if p.isdigit() else (float("inf"), p))
 
 
-def load_labelled_features(path: Path) -> FeatureSet:
-    """A complete feature file whose every frame has a 0-3 score (stage two needs the truth)."""
-    features = load_features(path)
-    scores = features.frames["score"].to_numpy()
-    unlabelled = ~np.isin(scores, LABELS)
+def read_labelled_frames(path: Path) -> tuple[ExtractionConfig, pd.DataFrame]:
+    """Config and frame table of a complete feature file whose every frame has a 0-3 score."""
+    config, frames = read_frame_table(path)
+    unlabelled = ~np.isin(frames["score"].to_numpy(), LABELS)
     if unlabelled.any():
         raise LusfeatError(f"{path}: {int(unlabelled.sum())} frame(s) have no 0-3 score (unlabelled rows of the "
                            "manifest); stage two trains and scores only labelled frames")
-    return features
+    return config, frames
 
 
 def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitParams) -> FoldResult:
@@ -375,14 +374,16 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError("--epochs and --batch-size must be >= 1, --lr > 0 and --dropout in [0, 1)")
         if args.fold != "all" and not 1 <= args.fold <= params.folds:
             raise LusfeatError(f"--fold {args.fold}: the folds are 1..{params.folds}, or 'all'")
-        feature_sets = [load_labelled_features(path) for path in resolve_feature_paths(args.features)]
-        backbones = [features.config.backbone for features in feature_sets]
+        # Tables first (small); each file's features are loaded only when its turn comes.
+        paths = resolve_feature_paths(args.features)
+        tables = [read_labelled_frames(path) for path in paths]
+        backbones = [config.backbone for config, _ in tables]
         if len(set(backbones)) < len(backbones):
             twice = sorted({name for name in backbones if backbones.count(name) > 1})
             raise LusfeatError(f"several feature files of backbone {', '.join(twice)}: their results would share "
                                "RUN/<backbone>; fit them into separate --out folders")
         run_dir = Path(args.out)
-        all_frames = pd.concat([features.frames for features in feature_sets], ignore_index=True)
+        all_frames = pd.concat([frames for _, frames in tables], ignore_index=True)
         folds, reused = load_or_make_folds(run_dir, all_frames, params.folds, params.seed)
         log.info("%s %s: %d patients in %d folds", "reusing" if reused else "made", run_dir / "folds.csv",
                  len(folds), params.folds)
@@ -390,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         import keras  # noqa: F401  (loaded here, so that the first fold's fit time is the fit's alone)
 
         rows = []
-        for features in feature_sets:
+        for path in paths:
+            features = load_features(path)
             for record in run_backbone(features, folds, fold_numbers, args.fold == "all", run_dir, params):
                 rows.extend(summary_rows(record))
     except LusfeatError as error:

@@ -250,6 +250,14 @@ class FeatureSet:
     attrs: dict[str, Any]
 
 
+def read_frame_table(path: str | os.PathLike) -> tuple[ExtractionConfig, pd.DataFrame]:
+    """The config and per-frame table of a complete feature file, without reading the features."""
+    with _open_for_reading(path) as handle:
+        if not handle.attrs.get("complete", False):
+            raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
+        return read_config(handle), _read_frames(handle["frames"])
+
+
 def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtype: str = "float32") -> FeatureSet:
     """Read a complete feature file (all copies, or those listed) into memory."""
     with _open_for_reading(path) as handle:

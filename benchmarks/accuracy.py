@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -165,6 +166,8 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
                    leaky=True, group="leaky"),
             Method(f"{bb}/logreg", "stage two's cross-check: standardised logistic regression C=0.01, all copies",
                    feats, _logreg, group="baseline"),
+            Method(f"{bb}/logreg-leaky", "the cross-check under a frame-level random split (LEAKY)", feats, _logreg,
+                   leaky=True, group="leaky"),
         ]
     bb = backbones[0]
     feats = (bb,)
@@ -225,33 +228,71 @@ def classes_from(probabilities: np.ndarray, decision: str, model: Any, X: np.nda
     return decide(probabilities, decision)
 
 
+@dataclass
+class PooledVideos:
+    """Every video's pooled features, computed once: pooling a video does not depend on the split.
+
+    Fitting the video-level estimator on these rows is exactly what ``VideoPoolingClassifier.fit``
+    does on the training frames (each video's statistics use its own frames only), minus the
+    repeated pooling.
+    """
+
+    features: np.ndarray  # (copies, videos, dim)
+    scores: np.ndarray  # per video
+    inverse: np.ndarray  # frame -> video position
+
+    @classmethod
+    def build(cls, X: np.ndarray, y: np.ndarray, videos: np.ndarray, pooling: tuple[str, ...]) -> PooledVideos:
+        from lusfeat.aggregate import most_frequent
+        from lusfeat.video_head import pool_videos, video_index
+
+        ids, inverse = video_index(videos)
+        pooled = pool_videos(X, inverse, len(ids), pooling)
+        scores = pd.Series(y).groupby(inverse).agg(most_frequent).to_numpy().astype(np.int32)
+        return cls(pooled, scores, inverse)
+
+
 def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, train: np.ndarray,
-                test: np.ndarray, seed: int, c: float | None) -> tuple[np.ndarray, np.ndarray]:
+                test: np.ndarray, seed: int, c: float | None,
+                pooled: PooledVideos | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train``."""
     model = method.make(seed, c)
-    X_train, X_test = X[:, train], X[:, test]
     if method.level == "video":
-        model.fit(X_train, y[train], videos=videos[train])
-        probabilities = model.predict_proba(X_test, videos[test])
-        return probabilities, classes_from(probabilities, method.decision, model, X_test, videos[test])
+        if pooled is None:
+            pooled = PooledVideos.build(X, y, videos, tuple(model.pooling))
+        train_videos, test_videos = np.unique(pooled.inverse[train]), np.unique(pooled.inverse[test])
+        if np.intersect1d(train_videos, test_videos).size:
+            raise LusfeatError("a video has frames on both sides of the split")
+        estimator = model.estimator
+        estimator.fit(pooled.features[:, train_videos], pooled.scores[train_videos])
+        video_probabilities = np.asarray(estimator.predict_proba(pooled.features[:1, test_videos]))
+        position = np.searchsorted(test_videos, pooled.inverse[test])
+        probabilities = video_probabilities[position]
+        if method.decision == "model":
+            classes = np.asarray(estimator.predict(pooled.features[:1, test_videos]))[position]
+        else:
+            classes = classes_from(probabilities, method.decision, None, X[:, test], None)
+        return probabilities, classes
+    X_train, X_test = X[:, train], X[:, test]
     model.fit(X_train, y[train])
     probabilities = model.predict_proba(X_test)
     return probabilities, classes_from(probabilities, method.decision, model, X_test, None)
 
 
 def choose_c(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, frames: pd.DataFrame,
-             train: np.ndarray, seed: int) -> tuple[float, dict[str, float]]:
+             train: np.ndarray, seed: int, pooled: PooledVideos | None = None) -> tuple[float, dict[str, float]]:
     """Nested CV inside the training patients: the C of ``method.nested_c`` with the best video QWK."""
     from lusfeat.folds import make_folds, patient_strata, split_frames
 
     inner_frames = frames.iloc[train].reset_index(drop=True)
     inner_folds = make_folds(patient_strata(inner_frames), 3, seed=seed + 1000)
+    splits = [split_frames(inner_frames, inner_folds, fold) for fold in range(1, 4)]
     scores = {}
     for c in method.nested_c:
         predicted = np.zeros(len(train), np.int64)
-        for fold in range(1, 4):
-            inner_train, inner_test = split_frames(inner_frames, inner_folds, fold)
-            _, classes = fit_predict(method, X[:, train], y[train], videos[train], inner_train, inner_test, seed, c)
+        for inner_train, inner_test in splits:
+            # Indices back into the full table, so the pooled videos are reused.
+            _, classes = fit_predict(method, X, y, videos, train[inner_train], train[inner_test], seed, c, pooled)
             predicted[inner_test] = classes
         scores[str(c)] = video_qwk(inner_frames, predicted)
     best = max(method.nested_c, key=lambda c: (scores[str(c)], -c))  # a tie goes to the stronger penalty
@@ -309,6 +350,7 @@ def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> di
     frames = data.frames
     y = frames["score"].to_numpy().astype(np.int32)
     videos = frames["video_id"].astype(str).to_numpy()
+    pooled = PooledVideos.build(X, y, videos, tuple(method.make(0, None).pooling)) if method.level == "video" else None
     per_seed, chosen, began = [], [], time.perf_counter()
     for seed in seeds:
         if method.leaky:
@@ -322,9 +364,9 @@ def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> di
         for fold, (train, test) in enumerate(splits, start=1):
             c = None
             if method.nested_c:
-                c, inner = choose_c(method, X, y, videos, frames, train, seed)
+                c, inner = choose_c(method, X, y, videos, frames, train, seed, pooled)
                 chosen.append({"seed": seed, "fold": fold, "C": c, "inner_video_qwk": inner})
-            probabilities[test], predicted[test] = fit_predict(method, X, y, videos, train, test, seed, c)
+            probabilities[test], predicted[test] = fit_predict(method, X, y, videos, train, test, seed, c, pooled)
         per_seed.append({"seed": seed, **score(frames, probabilities, predicted)})
         print(f"  {method.name} seed {seed}: " + ", ".join(f"{k} {per_seed[-1][k]:.3f}" for k in METRICS),
               file=sys.stderr, flush=True)
@@ -372,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nested-c", default=",".join(map(str, NESTED_C)),
                         help="C grid of the nested CV of the video-level models (default: %(default)s)")
     parser.add_argument("--no-signal", action="store_true", help="skip the lus_signal methods")
+    parser.add_argument("--append", default=None, metavar="JSON",
+                        help="keep the results of this earlier run (same seeds and folds) beside the methods run now")
     parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
     return parser
 
@@ -398,7 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    results = []
+    results, commands = [], [command_line("accuracy.py", argv)]
+    if args.append:
+        # Results of an earlier run on the same seeds and folds; methods run now replace theirs.
+        earlier = json.loads(Path(args.append).read_text())
+        if earlier.get("seeds") != seeds or earlier.get("folds") != args.folds:
+            print(f"error: {args.append} used seeds {earlier.get('seeds')} and {earlier.get('folds')} folds; "
+                  "append only to a run with the same ones", file=sys.stderr)
+            return 1
+        fresh = {method.name for method in methods}
+        results = [result for result in earlier["results"] if result["name"] not in fresh]
+        commands = [*earlier.get("commands", [earlier.get("command", "")]), *commands]
     for method in methods:
         print(f"{method.name} ...", file=sys.stderr, flush=True)
         results.append(run_method(method, data, seeds, args.folds))
@@ -411,12 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     frames = data.frames
     record = {
         "benchmark": "accuracy",
-        "command": command_line("accuracy.py", argv),
+        "commands": commands,
         "protocol": __doc__.split("\n\n", 2)[2].strip(),
         "data": {"frames": len(frames), "patients": int(frames["patient_id"].nunique()),
                  "videos": int(frames["video_id"].nunique()),
                  "score_counts": np.bincount(frames["score"].astype(int), minlength=N_CLASSES).tolist()},
-        "feature_files": data.sources,
+        "feature_files": {**(json.loads(Path(args.append).read_text()).get("feature_files", {}) if args.append else {}),
+                          **data.sources},
         "seeds": seeds,
         "folds": args.folds,
         "nested_c_grid": list(grid),

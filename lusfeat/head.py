@@ -117,20 +117,32 @@ def _train(model, optimizer, X: np.ndarray, y: np.ndarray, index: np.ndarray, we
             with tf.GradientTape() as tape:
                 probabilities = model(inputs, training=True)
                 losses = keras.losses.sparse_categorical_crossentropy(targets, probabilities)
-                loss = tf.reduce_sum(losses * mask) / tf.reduce_sum(mask)
+                # mask holds each frame's class weight (1 unless class_weight), 0 for padding;
+                # dividing by the real frames (not the weights) keeps a weighted batch's scale.
+                real = tf.cast(mask > 0, tf.float32)
+                loss = tf.reduce_sum(losses * mask) / tf.reduce_sum(real)
             optimizer.apply(tape.gradient(loss, variables), variables)
             correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=1, output_type=tf.int32), targets), tf.float32)
-            record = record.write(step, tf.stack([loss, tf.reduce_sum(correct * mask)]))
+            record = record.write(step, tf.stack([loss, tf.reduce_sum(correct * real)]))
         return record.stack()
 
     return run(tf.convert_to_tensor(X), tf.convert_to_tensor(y), tf.convert_to_tensor(index),
                tf.convert_to_tensor(weight)).numpy()
 
 
+def class_weights(y: np.ndarray) -> np.ndarray:
+    """Weight per score, scikit-learn's 'balanced': ``n / (scores present * frames of that score)``; 0 if absent."""
+    counts = np.bincount(y, minlength=len(LABELS)).astype(np.float64)
+    present = np.count_nonzero(counts)
+    return np.divide(len(y), present * counts, out=np.zeros(len(LABELS)), where=counts > 0).astype(np.float32)
+
+
 class SeverityHead(ClassifierMixin, BaseEstimator):
     """Dropout then Dense(4, softmax) on cached features, trained with Adam on sparse cross-entropy.
 
-    Parameters are the paper's defaults. ``random_state`` (None or int) seeds the weights, the
+    Parameters are the paper's defaults. ``class_weight="balanced"`` weights each frame's loss by
+    ``n / (4 * frames of its score)`` (the rare score 3 counts more); the default (None) is the
+    paper's unweighted loss. ``random_state`` (None or int) seeds the weights, the
     dropout masks, the frame order and the copy drawn per frame and epoch: the same seed on the
     same features gives the same model, bit for bit, on the same machine.
 
@@ -140,11 +152,12 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, *, dropout: float = 0.5, learning_rate: float = 1e-3, epochs: int = 3,
-                 batch_size: int = 32, random_state: int | None = None) -> None:
+                 batch_size: int = 32, class_weight: str | None = None, random_state: int | None = None) -> None:
         self.dropout = dropout
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
+        self.class_weight = class_weight
         self.random_state = random_state
 
     def fit(self, X, y) -> SeverityHead:
@@ -161,11 +174,15 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
             raise ValueError("no training frames")
         y = check_scores(y, n)
         rng, (layer_seed,) = _integer_seeds(self.random_state, 1)
+        if self.class_weight not in (None, "balanced"):
+            raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
         index, weight = epoch_schedule(n, copies, self.epochs, self.batch_size, rng)
+        if self.class_weight == "balanced":
+            weight = weight * class_weights(y)[y[index[:, :, 1]]]
         model = build_head_model(dim, self.dropout, layer_seed)
         optimizer = keras.optimizers.Adam(learning_rate=self.learning_rate)
         record = _train(model, optimizer, X, y, index, weight).reshape(self.epochs, -1, 2)
-        batch_frames = weight.reshape(self.epochs, -1, self.batch_size).sum(axis=2)
+        batch_frames = (weight > 0).reshape(self.epochs, -1, self.batch_size).sum(axis=2)
         self.history_ = {
             "loss": [float(value) for value in (record[:, :, 0] * batch_frames).sum(axis=1) / n],
             "accuracy": [float(value) for value in record[:, :, 1].sum(axis=1) / n],

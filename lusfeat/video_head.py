@@ -41,24 +41,24 @@ def pool_videos(X, inverse: np.ndarray, n_videos: int, pooling: tuple[str, ...])
     if not pooling or unknown:
         raise ValueError(f"pooling must be a non-empty subset of {', '.join(POOLINGS)}, got {pooling!r}")
     copies, n, dim = X.shape
-    counts = np.bincount(inverse, minlength=n_videos).astype(np.float64)
-    if (counts == 0).any():
+    counts = np.bincount(inverse, minlength=n_videos)
+    if len(counts) != n_videos or (counts == 0).any():
         raise ValueError("every video must have at least one frame")
+    # Frames sorted by video, then one reduceat per statistic: far faster than np.add.at.
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    grouped = X[:, order].astype(np.float64)
+    sizes = counts[np.newaxis, :, np.newaxis].astype(np.float64)
+    mean = np.add.reduceat(grouped, starts, axis=1) / sizes
     parts = []
-    sums = np.zeros((copies, n_videos, dim))
-    np.add.at(sums, (slice(None), inverse), X)
-    mean = sums / counts[np.newaxis, :, np.newaxis]
     for name in pooling:
         if name == "mean":
             parts.append(mean)
         elif name == "std":
-            squares = np.zeros((copies, n_videos, dim))
-            np.add.at(squares, (slice(None), inverse), X.astype(np.float64) ** 2)
-            parts.append(np.sqrt(np.maximum(squares / counts[np.newaxis, :, np.newaxis] - mean ** 2, 0.0)))
+            squares = np.add.reduceat(grouped ** 2, starts, axis=1) / sizes
+            parts.append(np.sqrt(np.maximum(squares - mean ** 2, 0.0)))
         else:
-            maxima = np.full((copies, n_videos, dim), -np.inf)
-            np.maximum.at(maxima, (slice(None), inverse), X)
-            parts.append(maxima)
+            parts.append(np.maximum.reduceat(grouped, starts, axis=1))
     return np.concatenate(parts, axis=2).astype(np.float32)
 
 

@@ -54,17 +54,17 @@ def synthetic_features(tmp_path: Path) -> Path:
 def test_accuracy_benchmark_writes_the_table_and_json(synthetic_features: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "accuracy.json"
-    methods = "xception/paper,xception/paper-leaky,xception/ordinal,xception/video-ordinal,lus_signal/ordinal"
+    methods = "xception/paper,xception/logreg-leaky,xception/ordinal,xception/video-ordinal,lus_signal/ordinal"
     code = accuracy.main(["--features", str(synthetic_features), "--seeds", "0,1", "--folds", "2", "--nested-c", "0.01,1", "--methods", methods,
                           "--out", str(out)])
     assert code == 0
     record = json.loads(out.read_text())
     names = [result["name"] for result in record["results"]]
-    assert names == ["xception/paper", "xception/paper-leaky", "xception/ordinal", "xception/video-ordinal",
+    assert names == ["xception/paper", "xception/logreg-leaky", "xception/ordinal", "xception/video-ordinal",
                      "lus_signal/ordinal"]
     assert record["data"] == {"frames": 432, "patients": 18, "videos": 108, "score_counts": record["data"]["score_counts"]}
     by_name = {result["name"]: result for result in record["results"]}
-    assert "LEAKY" in by_name["xception/paper-leaky"]["split"] and by_name["xception/paper"]["split"] == "patient-level"
+    assert "LEAKY" in by_name["xception/logreg-leaky"]["split"] and by_name["xception/paper"]["split"] == "patient-level"
     for result in record["results"]:
         assert [row["seed"] for row in result["per_seed"]] == [0, 1]
         for metric in accuracy.METRICS:
@@ -77,7 +77,19 @@ def test_accuracy_benchmark_writes_the_table_and_json(synthetic_features: Path, 
     assert by_name["xception/ordinal"]["versus_paper"]["baseline"] == "xception/paper"
     assert "versus_paper" not in by_name["xception/paper"]
     table = capsys.readouterr().out
-    assert "| xception/paper-leaky | frame | LEAKY frame split |" in table
+    assert "| xception/logreg-leaky | frame | LEAKY frame split |" in table
+
+    # A later run adds methods beside the earlier ones (and replaces a method it runs again).
+    appended = tmp_path / "appended.json"
+    code = accuracy.main(["--features", str(synthetic_features), "--seeds", "0,1", "--folds", "2", "--methods",
+                          "xception/logreg,lus_signal/ordinal", "--append", str(out), "--out", str(appended)])
+    assert code == 0
+    merged = json.loads(appended.read_text())
+    assert [result["name"] for result in merged["results"]] == [*names[:-1], "xception/logreg", "lus_signal/ordinal"]
+    assert len(merged["commands"]) == 2
+    assert merged["results"][-1]["versus_paper"]["baseline"] == "xception/paper"
+    assert accuracy.main(["--features", str(synthetic_features), "--seeds", "0", "--folds", "2", "--methods",
+                          "xception/logreg", "--append", str(out), "--out", str(appended)]) == 1
 
 
 def test_unknown_method_and_missing_file_are_clear_errors(synthetic_features: Path, tmp_path: Path,

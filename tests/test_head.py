@@ -91,7 +91,8 @@ def test_four_classes_even_when_training_lacks_one():
 
 def test_estimator_conventions():
     head = SeverityHead(dropout=0.2, epochs=2, random_state=3)
-    assert head.get_params() == {"dropout": 0.2, "learning_rate": 1e-3, "epochs": 2, "batch_size": 32, "random_state": 3}
+    assert head.get_params() == {"dropout": 0.2, "learning_rate": 1e-3, "epochs": 2, "batch_size": 32,
+                                 "class_weight": None, "random_state": 3}
     assert clone(head).get_params() == head.get_params()
     with pytest.raises(NotFittedError):
         head.predict_proba(np.zeros((2, DIM)))

@@ -7,7 +7,8 @@ For each backbone, on the same COVID-BLUES frames and augmented copies:
 
 - **extraction**: ``python -m lusfeat.extract`` run in a subprocess on a manifest of ``--videos``
   videos (decode, augment, network, HDF5 write; its own clock, which starts after the model is
-  built), images/s, and the subprocess' peak resident memory (its ``ru_maxrss``);
+  built), images/s, and the subprocess' peak resident memory (``VmHWM`` in /proc/self/status;
+  not ``ru_maxrss``, which on Linux carries the parent's RSS over fork/exec);
 - **bare**: the same images, already decoded, augmented and resized in memory, through
   ``model.predict(batch_size=B)`` and through the compiled call that extract uses
   (``tf.function(model(x, training=False))``), steady state after one warm-up batch, measured
@@ -58,8 +59,11 @@ extract.extract_backbone = recording
 code = extract.main(sys.argv[2:])
 wall = time.perf_counter() - began
 s = summaries[0] if summaries else None
-record = {"code": code, "wall_seconds": wall,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM: the peak RSS of this process' own memory map. (ru_maxrss is not usable here: on Linux
+# it keeps the parent's RSS at fork/exec, so every child would report at least the parent's size.)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+record = {"code": code, "wall_seconds": wall, "peak_rss_mb": peak_kb / 1024,
+          "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "seconds": s.seconds if s else None, "frames": s.frames if s else None,
           "copies": s.copies if s else None, "computed_frames": s.computed_frames if s else None}
 with open(sys.argv[1], "w") as handle:

@@ -151,15 +151,34 @@ def severity_head(args: argparse.Namespace, seed: int):
 
 
 def run_head_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                  args: argparse.Namespace, seed: int) -> dict[str, Any]:
+                  args: argparse.Namespace, seed: int, with_logistic: bool = False) -> dict[str, Any]:
     """Stage two on one fold: fit on every cached copy of the training frames, predict copy 0 of the test frames."""
     began = time.perf_counter()
     head = severity_head(args, seed).fit(features[:, train], labels[train])
     trained = time.perf_counter()
     proba = head.predict_proba(features[0, test])
     done = time.perf_counter()
-    return {"seconds": done - began, "train_seconds": trained - began, "predict_seconds": done - trained,
-            "prediction": np.asarray(head.classes_)[np.asarray(proba).argmax(axis=1)]}
+    record = {"seconds": done - began, "train_seconds": trained - began, "predict_seconds": done - trained,
+              "prediction": np.asarray(head.classes_)[np.asarray(proba).argmax(axis=1)]}
+    if with_logistic:
+        record.update(logistic_fold(features, labels, train, test, seed))
+    return record
+
+
+def logistic_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+                  seed: int) -> dict[str, Any]:
+    """lusfeat.fit's cross-check (LogisticCheck) on the same fold: its seconds and predictions."""
+    import warnings
+
+    from lusfeat.head import LogisticCheck
+
+    began = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        check = LogisticCheck(random_state=seed).fit(features[:, train], labels[train])
+    proba = check.predict_proba(features[0, test])
+    return {"logistic_seconds": time.perf_counter() - began,
+            "logistic_prediction": np.asarray(check.classes_)[np.asarray(proba).argmax(axis=1)]}
 
 
 def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespace, manifest_sha256: str,
@@ -213,7 +232,10 @@ def synthetic_full_size(n_train: int, dim: int, copies: int, seed: int, args: ar
     labels = rng.integers(0, N_CLASSES, n_train)
     centres = rng.normal(size=(N_CLASSES, dim)).astype(np.float32)
     features = rng.random((copies, n_train, dim), dtype=np.float32) + 0.1 * centres[labels]
-    return {"source": "synthetic", **time_head_at_size(features, labels, args)}
+    runs = [time_head_at_size(features, labels, args) for _ in range(max(1, args.synthetic_repeats))]
+    fits = [run["fit_seconds"] for run in runs]
+    return {"source": "synthetic", **runs[0], "fit_seconds": float(np.median(fits)), "fit_seconds_runs": fits,
+            "predict_seconds": float(np.median([run["predict_seconds"] for run in runs]))}
 
 
 def real_cache_folds(path: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -227,7 +249,10 @@ def real_cache_folds(path: str, args: argparse.Namespace) -> dict[str, Any]:
     per_fold = []
     for fold in range(args.folds):
         train = folds != fold
-        per_fold.append(time_head_at_size(feature_set.features[:, train], labels[train], args))
+        item = time_head_at_size(feature_set.features[:, train], labels[train], args)
+        item["logistic_seconds"] = logistic_fold(feature_set.features, labels, train, folds == fold,
+                                                 args.seed)["logistic_seconds"]
+        per_fold.append(item)
     fold_train = feature_set.features[:, folds != 0]
     target = args.real_cache_full_frames or round(FULL_FRAMES * (args.folds - 1) / args.folds)
     repeats = math.ceil(target / fold_train.shape[1])
@@ -254,10 +279,11 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
     print(f"[{name}] stage one: extracting {len(frames)} frames x {args.augment_copies + 1} copies", file=sys.stderr)
     features, extract_seconds, extract_loop_seconds = extract_features(frames, spec, source, args, manifest_sha256, work / f"{name}.h5")
     print(f"[{name}] stage one took {extract_seconds:.1f} s; stage two per fold", file=sys.stderr)
-    lusfeat_folds, lusfeat_pred = [], np.full(len(frames), -1)
+    lusfeat_folds, lusfeat_pred, logistic_pred = [], np.full(len(frames), -1), np.full(len(frames), -1)
     for fold in range(n_folds):
-        result = run_head_fold(features, labels, folds != fold, folds == fold, args, args.seed + fold)
+        result = run_head_fold(features, labels, folds != fold, folds == fold, args, args.seed + fold, True)
         lusfeat_pred[folds == fold] = result.pop("prediction")
+        logistic_pred[folds == fold] = result.pop("logistic_prediction")
         lusfeat_folds.append(result)
     seed_scores = []
     for extra in range(args.head_seeds):
@@ -310,6 +336,8 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
                                     "accuracy_sd": float(np.std(seed_accuracy, ddof=1)) if len(seed_accuracy) > 1 else None,
                                     "macro_f1_mean": float(np.mean(seed_f1)),
                                     "macro_f1_sd": float(np.std(seed_f1, ddof=1)) if len(seed_f1) > 1 else None},
+                    "logistic_check": {"fold_seconds_mean": float(np.mean([r["logistic_seconds"] for r in lusfeat_folds])),
+                                       **frame_scores(labels, logistic_pred)},
                     **lusfeat_scores},
         "ratio_per_fold": [a["seconds"] / b["seconds"] for a, b in zip(paper_folds, lusfeat_folds, strict=True)],
         "ratio_fold_mean": paper_fold_seconds / lusfeat_fold_seconds,
@@ -348,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-train-frames", type=int, default=0, metavar="N",
                         help="also time stage two on random features of N training frames x 3 copies, 2048-dim and "
                         "each backbone's dim (full COVID-BLUES, 3 folds: 21164); 0 skips (default: %(default)s)")
+    parser.add_argument("--synthetic-repeats", type=int, default=3, help="fits per synthetic shape; the table "
+                        "shows the median (default: %(default)s)")
     parser.add_argument("--real-cache", action="append", default=[], metavar="H5",
                         help="also time stage two per fold on this feature file, and tiled to full size (repeatable)")
     parser.add_argument("--real-cache-full-frames", type=int, default=None, metavar="N",
@@ -417,6 +447,7 @@ def render_tables(record: dict[str, Any]) -> str:
         paper, lus = entry["paper"], entry["lusfeat"]
         speed.append([name, entry["input_size"], f"{entry['n_train_mean']:.0f} / {entry['n_test_mean']:.0f}",
                       paper["fold_seconds_mean"], lus["fold_seconds_mean"], f"{entry['ratio_fold_mean']:,.0f}x",
+                      lus["logistic_check"]["fold_seconds_mean"],
                       lus["extract_seconds"], f"{entry['ratio_fold_mean_with_amortised_extraction']:.1f}x",
                       paper["end_to_end_seconds"], lus["end_to_end_seconds"], f"{entry['ratio_end_to_end']:.1f}x"])
         spread = lus["seed_spread"]
@@ -428,26 +459,31 @@ def render_tables(record: dict[str, Any]) -> str:
         extrapolated.append([name, extra["paper_fold_seconds"] / 60, extra["extract_seconds"] / 60])
     parts = [header, format_table(
         ["backbone", "px", "train / test frames per fold", "(a) paper s/fold", "(b) stage two s/fold", "a/b per fold",
-         "(b) stage one s (once)", "a / (b + stage one/folds)", "(a) end to end s", "(b) end to end s",
+         "LogisticCheck s/fold (info)", "(b) stage one s (once)", "a / (b + stage one/folds)", "(a) end to end s", "(b) end to end s",
          "end-to-end ratio"], speed),
         format_table(["backbone", "(a) accuracy", "(b) accuracy", "a-b", "(a) macro-F1", "(b) macro-F1", "a-b",
                       "(b) seed sd acc / F1"], quality),
         "EXTRAPOLATION to all 31,746 frames (linear in frames, not measured):\n" + format_table(
             ["backbone", "(a) paper min/fold", "(b) stage one min (once)"], extrapolated)]
+    if not record["backbones"]:
+        parts = []
     full = record.get("stage_two_full_size") or []
     real = record.get("stage_two_real_cache") or []
     if full or real:
-        rows = [[item["source"], f"{item['copies']} x {item['n_train']:,} x {item['dim']}", item["fit_seconds"],
-                 item["predict_seconds"]] for item in full]
+        rows = [[f"synthetic, median of {len(item['fit_seconds_runs'])} (runs: "
+                 + ", ".join(f"{value:.2f}" for value in item["fit_seconds_runs"]) + " s)",
+                 f"{item['copies']} x {item['n_train']:,} x {item['dim']}", item["fit_seconds"],
+                 item["predict_seconds"], "-"] for item in full]
         for cache in real:
             for fold, item in enumerate(cache["per_fold"]):
                 rows.append([f"{cache['path']} fold {fold}", f"{item['copies']} x {item['n_train']:,} x {item['dim']}",
-                             item["fit_seconds"], item["predict_seconds"]])
+                             item["fit_seconds"], item["predict_seconds"], item["logistic_seconds"]])
             item = cache["tiled_to_full_size"]
             rows.append([item["source"], f"{item['copies']} x {item['n_train']:,} x {item['dim']}",
-                         item["fit_seconds"], item["predict_seconds"]])
+                         item["fit_seconds"], item["predict_seconds"], "-"])
         parts.append("Stage two at full size (target: fit <= 3 s per fold):\n"
-                     + format_table(["features", "copies x train frames x dim", "fit s", "predict s"], rows))
+                     + format_table(["features", "copies x train frames x dim", "SeverityHead fit s", "predict s",
+                                   "LogisticCheck fit+predict s (info)"], rows))
     return "\n\n".join(parts)
 
 

@@ -134,23 +134,36 @@ def fetch_weights(spec: BackboneSpec, source: WeightsSource, input_size: int | N
         keras.backend.clear_session()
 
 
-def build_feature_extractor(spec: BackboneSpec, source: WeightsSource, input_size: int | None = None):
-    """Frozen ``uint8 RGB image -> pooled feature`` Keras model, with the family's own preprocessing inside.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def build_feature_extractor(spec: BackboneSpec, source: WeightsSource, input_size: int | None = None,
+                            precision: str = "float32"):
+    """Frozen ``uint8 RGB image -> pooled float32 feature`` Keras model, preprocessing inside.
 
     Functional API as in Keras' transfer-learning guide: the base runs with ``training=False``
-    so batch-norm layers use their ImageNet statistics.
+    so batch-norm layers use their ImageNet statistics. ``precision="bfloat16"`` computes the
+    base in mixed bfloat16 (float32 weights), much faster on CPUs with AVX-512 BF16.
     """
     import keras
 
+    if precision not in PRECISIONS:
+        raise LusfeatError(f"precision {precision!r} unknown; choose from {', '.join(PRECISIONS)}")
     size = input_size or spec.input_size
     if size < spec.min_input_size:
         raise LusfeatError(f"{spec.name}: input size {size} is below its minimum {spec.min_input_size}")
     if spec.fixed_input_size and size != spec.input_size and source.keras_arg is not None:
         raise LusfeatError(f"{spec.name}: its ImageNet weights exist only at {spec.input_size} px, not {size}")
-    base = _load_base(spec, source, size)
+    # Layers keep the dtype policy they were built under, so the global policy is set only here.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        base = _load_base(spec, source, size)
+    finally:
+        keras.config.set_dtype_policy(previous)
     base.trainable = False
     inputs = keras.Input((size, size, 3), dtype="uint8", name="rgb")
     x = keras.layers.Lambda(lambda t: spec.preprocess()(keras.ops.cast(t, "float32")), name="preprocess")(inputs)
     x = base(x, training=False)
-    outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")

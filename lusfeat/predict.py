@@ -36,7 +36,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +138,7 @@ def load_saved_model(folder: str | os.PathLike) -> SavedModel:
         recorded = dict(info["extraction"])
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise LusfeatError(f"{info_path}: not a lusfeat model record ({error!r})") from error
-    names = [f.name for f in fields(ExtractionConfig)]
-    missing = [name for name in names if name not in recorded]
-    if missing:
-        raise LusfeatError(f"{info_path}: the extraction record lacks {', '.join(missing)}; refit with this lusfeat version")
-    extraction = ExtractionConfig(**{name: recorded[name] for name in names})
+    extraction = ExtractionConfig.from_record(recorded, f"{info_path} (refit with this lusfeat version)")
     if extraction.format_version != FORMAT_VERSION:
         raise LusfeatError(f"{info_path}: features of format version {extraction.format_version}, this lusfeat "
                            f"makes version {FORMAT_VERSION}; refit the model with this version")
@@ -200,7 +196,7 @@ def score_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size:
 
     config = model.extraction
     spec = get_spec(config.backbone)
-    embed = Embedder(build_feature_extractor(spec, source, config.input_size), batch_size)
+    embed = Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
     params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
     images = iter_images(frames, config.input_size, 1, config.seed, params)  # copy 0: the frame itself
     out = []

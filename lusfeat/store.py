@@ -62,7 +62,20 @@ class ExtractionConfig:
     frame_step: int
     manifest_sha256: str
     pooling: str = "avg"
+    precision: str = "float32"  # the backbone's compute type: "float32" or "bfloat16"
     format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_record(cls, record: Any, where: str) -> ExtractionConfig:
+        """From HDF5 attrs or a JSON dict; fields added later with a default may be absent."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name in record:
+                value = record[field.name]
+                values[field.name] = value.item() if isinstance(value, np.generic) else value
+            elif field.default is dataclasses.MISSING:
+                raise LusfeatError(f"{where}: not a lusfeat feature record ({field.name} missing)")
+        return cls(**values)
 
     def differences(self, other: ExtractionConfig) -> list[str]:
         """``field: mine vs other`` for each field that differs."""
@@ -74,15 +87,7 @@ def read_config(file: h5py.File | str | os.PathLike) -> ExtractionConfig:
     if not isinstance(file, h5py.File):
         with _open_for_reading(file) as handle:
             return read_config(handle)
-    names = {field.name: field.type for field in dataclasses.fields(ExtractionConfig)}
-    missing = [name for name in names if name not in file.attrs]
-    if missing:
-        raise LusfeatError(f"{file.filename}: not a lusfeat feature file (attrs {', '.join(missing)} missing)")
-    values = {}
-    for name in names:
-        value = file.attrs[name]
-        values[name] = value.item() if isinstance(value, np.generic) else value
-    return ExtractionConfig(**values)
+    return ExtractionConfig.from_record(file.attrs, file.filename)
 
 
 def _open_for_reading(path: str | os.PathLike) -> h5py.File:

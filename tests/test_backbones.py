@@ -85,3 +85,20 @@ def test_xception_real_weights_match_keras_reference(data_root, weights_dir):
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
     # ImageNet features of ultrasound are sparse but not dead.
     assert 0.01 < (ours > 0).mean() < 1.0
+
+
+def test_bfloat16_features_are_close_to_float32(data_root, weights_dir):
+    import keras
+
+    spec = get_spec("mobilenet")
+    source = resolve_weights(spec, str(weights_dir))
+    images = read_frames(data_root / VIDEO, step=25, size=224)
+    full = np.asarray(build_feature_extractor(spec, source)(images))
+    half_model = build_feature_extractor(spec, source, precision="bfloat16")
+    half = half_model(images)
+    assert half.dtype == "float32" and keras.config.dtype_policy().name == "float32"  # global policy restored
+    half = np.asarray(half)
+    cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cosine.min() > 0.9 and not np.array_equal(full, half)
+    with pytest.raises(LusfeatError, match="precision 'int8' unknown"):
+        build_feature_extractor(spec, source, precision="int8")

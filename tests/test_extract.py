@@ -29,9 +29,11 @@ def test_two_patients_end_to_end(two_patient_manifest, data_root, weights_dir, t
     assert real.config.copies == 3 and real.config.frame_step == 20
     # Augmented copies are close to, but not the same as, the original frame's features.
     assert not np.allclose(real.features[0], real.features[1])
-    assert _run(two_patient_manifest, tmp_path / "random", data_root, "none", "--augment-copies", "0") == 0
+    assert _run(two_patient_manifest, tmp_path / "random", data_root, "none", "--augment-copies", "0",
+                "--precision", "bfloat16", "--dtype", "float16") == 0
     random = load_features(tmp_path / "random" / "mobilenet.h5")
     assert random.config.weights == "none" and random.features.shape[0] == 1
+    assert random.config.precision == "bfloat16" and random.config.dtype == "float16"
     assert not np.allclose(real.features[0], random.features[0], atol=1e-3)
     # A second identical run recomputes nothing.
     assert _run(two_patient_manifest, tmp_path / "real", data_root, str(weights_dir)) == 0

@@ -103,3 +103,11 @@ def test_unreadable_partial_restarts_and_bad_file_is_named(tmp_path):
     path.write_bytes(b"not hdf5")
     with pytest.raises(LusfeatError, match="not a readable HDF5 file"):
         load_features(path)
+
+
+def test_records_without_later_optional_fields_still_read():
+    record = {key: value for key, value in _config().__dict__.items() if key != "precision"}
+    assert ExtractionConfig.from_record(record, "old.h5").precision == "float32"
+    del record["seed"]
+    with pytest.raises(LusfeatError, match="old.h5: not a lusfeat feature record \\(seed missing\\)"):
+        ExtractionConfig.from_record(record, "old.h5")

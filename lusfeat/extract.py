@@ -124,7 +124,11 @@ class Embedder:
 
         self.batch_size = batch_size
         self.model = model
-        self._call = tf.function(lambda x: model(x, training=False))
+        def forward(images):
+            return model(images, training=False)
+
+        # A compiled call: 1.2-1.5x faster than model.predict on this CPU (FINDINGS.md).
+        self._call = tf.function(forward, autograph=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out = []

@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,19 +58,29 @@ def plan_frames(manifest: pd.DataFrame, frame_step: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params: AugmentParams) -> Iterator[np.ndarray]:
-    """``(copies, size, size, 3)`` uint8 per row of ``frames``, in order, each file decoded once."""
+FrameTransform = Callable[[np.ndarray, int], np.ndarray]  # (full-size rgb, size) -> (size, size, 3) rgb
+
+
+def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params: AugmentParams,
+                transform: FrameTransform | None = None) -> Iterator[np.ndarray]:
+    """``(copies, size, size, 3)`` uint8 per row of ``frames``, in order, each file decoded once.
+
+    Without ``transform`` FFmpeg resizes the whole frame; with one (e.g. a crop) the full-size
+    frame goes to ``transform(rgb, size)``. Augmented copies are made from the result.
+    """
     for file, rows in frames.groupby("file", sort=False):
         wanted = rows["frame_index"].tolist()
         path = rows["path"].iloc[0]
-        for index, rgb in iter_frames(file, wanted, size):
+        for index, rgb in iter_frames(file, wanted, None if transform else size):
+            if transform is not None:
+                rgb = transform(rgb, size)
             yield augmented_copies(rgb, frame_key(path, index), copies, seed, params)
 
 
 def iter_blocks(frames: pd.DataFrame, start: int, block: int, size: int, copies: int, seed: int,
-                params: AugmentParams) -> Iterator[tuple[int, np.ndarray]]:
+                params: AugmentParams, transform: FrameTransform | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, images[n, copies, size, size, 3])`` blocks of consecutive frames from ``start``."""
-    images = iter_images(frames.iloc[start:], size, copies, seed, params)
+    images = iter_images(frames.iloc[start:], size, copies, seed, params, transform)
     position = start
     while position < len(frames):
         n = min(block, len(frames) - position)
@@ -163,6 +173,52 @@ class ExtractionSummary:
                 f"{self.file_mb:.1f} MB")
 
 
+def write_features(
+    frames: pd.DataFrame,
+    config: ExtractionConfig,
+    out_path: Path,
+    make_embed: Callable[[], Callable[[np.ndarray], np.ndarray]],
+    *,
+    name: str,
+    weights_source: str = "",
+    transform: FrameTransform | None = None,
+    block: int = CHUNK_FRAMES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """Write (or resume, or confirm) one feature file: frames -> images -> ``embed`` -> HDF5.
+
+    ``make_embed()`` is called only when there is work to do; its result maps uint8 images
+    ``(n, size, size, 3)`` to features ``(n, dim)``. Shared by backbones, lung crops and the
+    hand-made LUS signal, so all get the same resume, prefetch and progress behaviour.
+    """
+    from tqdm.auto import tqdm
+
+    params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
+    with FeatureWriter(out_path, config, frames, overwrite=overwrite, weights_source=weights_source) as writer:
+        start = writer.frames_done
+        if writer.complete:
+            return ExtractionSummary(name, out_path, len(frames), config.copies, 0.0, 0,
+                                     out_path.stat().st_size / 1e6, "up to date")
+        status = "resumed" if start else "written"
+        embed = make_embed()
+        began = time.perf_counter()
+        blocks = _prefetch(iter_blocks(frames, start, block, config.input_size, config.copies,
+                                       config.seed, params, transform), QUEUE_BLOCKS)
+        with tqdm(total=len(frames), initial=start, unit="frame", desc=name, disable=not progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for position, images in blocks:
+                n, copies = images.shape[:2]
+                features = np.asarray(embed(images.reshape(n * copies, *images.shape[2:])))
+                features = features.reshape(n, copies, -1).transpose(1, 0, 2)
+                writer.write(position, features.astype(config.dtype, copy=False))
+                bar.update(n)
+        seconds = time.perf_counter() - began
+        path = writer.finish()
+    return ExtractionSummary(name, path, len(frames), config.copies, seconds, len(frames) - start,
+                             path.stat().st_size / 1e6, status)
+
+
 def extract_backbone(
     frames: pd.DataFrame,
     spec: BackboneSpec,
@@ -173,36 +229,17 @@ def extract_backbone(
     batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
+    transform: FrameTransform | None = None,
 ) -> ExtractionSummary:
     """Write (or resume, or confirm) the feature file of one backbone."""
-    from tqdm.auto import tqdm
 
-    params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
-    with FeatureWriter(out_path, config, frames, overwrite=overwrite, weights_source=source.description) as writer:
-        start = writer.frames_done
-        if writer.complete:
-            return ExtractionSummary(spec.name, out_path, len(frames), config.copies, 0.0, 0,
-                                     out_path.stat().st_size / 1e6, "up to date")
-        status = "resumed" if start else "written"
-        model = build_feature_extractor(spec, source, config.input_size, config.precision)
-        embed = Embedder(model, batch_size)
-        # Whole network batches per block, so that only the very last batch is padded.
-        block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
-        began = time.perf_counter()
-        blocks = _prefetch(iter_blocks(frames, start, block, config.input_size, config.copies,
-                                       config.seed, params), QUEUE_BLOCKS)
-        with tqdm(total=len(frames), initial=start, unit="frame", desc=spec.name, disable=not progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
-            for position, images in blocks:
-                n, copies = images.shape[:2]
-                features = embed(images.reshape(n * copies, *images.shape[2:]))
-                features = features.reshape(n, copies, -1).transpose(1, 0, 2)
-                writer.write(position, features.astype(config.dtype, copy=False))
-                bar.update(n)
-        seconds = time.perf_counter() - began
-        path = writer.finish()
-    return ExtractionSummary(spec.name, path, len(frames), config.copies, seconds, len(frames) - start,
-                             path.stat().st_size / 1e6, status)
+    def make_embed() -> Embedder:
+        return Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
+
+    # Whole network batches per block, so that only the very last batch is padded.
+    block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
+    return write_features(frames, config, out_path, make_embed, name=spec.name, weights_source=source.description,
+                          transform=transform, block=block, overwrite=overwrite, progress=progress)
 
 
 def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | None, dtype: str,

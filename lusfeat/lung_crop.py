@@ -21,14 +21,12 @@ the same deterministic augmentation as stage one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from lusfeat.errors import LusfeatError
@@ -62,17 +60,6 @@ def crop_lung(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def iter_crops(frames: pd.DataFrame, size: int, copies: int, seed: int, params) -> Iterator[np.ndarray]:
-    """``(copies, size, size, 3)`` per row of ``frames``: the lung crop and its augmented copies."""
-    from lusfeat.augment import augmented_copies, frame_key
-    from lusfeat.frames import iter_frames
-
-    for file, rows in frames.groupby("file", sort=False):
-        path = rows["path"].iloc[0]
-        for index, rgb in iter_frames(file, rows["frame_index"].tolist()):
-            yield augmented_copies(crop_lung(rgb, size), frame_key(path, index), copies, seed, params)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lusfeat.lung_crop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
@@ -90,10 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
-    from lusfeat.backbones import build_feature_extractor, get_spec, resolve_weights
-    from lusfeat.extract import Embedder, plan_frames
+    from lusfeat.backbones import get_spec, resolve_weights
+    from lusfeat.extract import extract_backbone, make_config, plan_frames
     from lusfeat.manifest import file_sha256, read_manifest
-    from lusfeat.store import CHUNK_FRAMES, ExtractionConfig, FeatureWriter
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -102,34 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         source = resolve_weights(spec, args.weights)
         manifest = read_manifest(args.manifest, args.data_root)
         frames = plan_frames(manifest, args.frame_step)
-        params = AugmentParams()
-        copies = args.augment_copies + 1
-        config = ExtractionConfig(
-            backbone=spec.name, weights=source.identity, input_size=spec.input_size, feature_dim=spec.feature_dim,
-            dtype="float32", copies=copies, aug_rotation=params.rotation, aug_shift=params.shift,
-            aug_zoom=params.zoom, aug_flip=params.flip, seed=args.seed, frame_step=args.frame_step,
-            manifest_sha256=file_sha256(args.manifest), pooling=POOLING_TAG,
-        )
-        out = Path(args.out) / f"{spec.name}.h5"
-        began = time.perf_counter()
-        with FeatureWriter(out, config, frames, overwrite=args.overwrite, weights_source=source.description) as writer:
-            if writer.complete:
-                print(f"{out}: up to date")
-                return 0
-            start = writer.frames_done
-            embed = Embedder(build_feature_extractor(spec, source, spec.input_size), args.batch_size)
-            images = iter_crops(frames.iloc[start:], spec.input_size, copies, args.seed, params)
-            position = start
-            while position < len(frames):
-                n = min(CHUNK_FRAMES, len(frames) - position)
-                batch = np.stack([next(images) for _ in range(n)])  # (n, copies, s, s, 3)
-                features = embed(batch.reshape(n * copies, *batch.shape[2:])).reshape(n, copies, -1)
-                writer.write(position, features.transpose(1, 0, 2).astype(np.float32))
-                position += n
-                log.info("%s: %d / %d frames, %.1f frames/s", out.name, position, len(frames),
-                         (position - start) / (time.perf_counter() - began))
-            writer.finish()
-        print(f"{out}: {len(frames) - start} frames x {copies} copies in {time.perf_counter() - began:.1f} s")
+        whole_frame = make_config(spec, source, input_size=None, dtype="float32",
+                                  augment_copies=args.augment_copies, params=AugmentParams(), seed=args.seed,
+                                  frame_step=args.frame_step, manifest_sha256=file_sha256(args.manifest))
+        config = dataclasses.replace(whole_frame, pooling=POOLING_TAG)
+        summary = extract_backbone(frames, spec, source, config, Path(args.out) / f"{spec.name}.h5",
+                                   batch_size=args.batch_size, overwrite=args.overwrite, transform=crop_lung)
+        print(summary.line())
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Hand-made lung-ultrasound signal: a few numbers per frame that a sonographer would look at.
 
     python -m lusfeat.lus_signal [--manifest data_manifest.csv] [--frame-step 10] [--augment-copies 2]
-        [--size 128] [--out features/]
+        [--size 128] [--out features/lus_signal/]
 
 writes ``OUT/lus_signal.h5`` in the same format as a backbone's feature file (same per-frame table,
 same copies and augmentation), so it loads with :func:`lusfeat.store.load_features` and lines up
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -207,16 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="augmented copies per frame, as in lusfeat.extract (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed, as in lusfeat.extract (default: %(default)s)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="frames are read at SIZE x SIZE (default: %(default)s)")
-    parser.add_argument("--out", default="features", help="output folder for lus_signal.h5 (default: %(default)s)")
+    # A subfolder: lusfeat.fit's default features/*.h5 takes backbone files only.
+    parser.add_argument("--out", default="features/lus_signal", help="output folder for lus_signal.h5 (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a lus_signal.h5 made with other settings")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
-    from lusfeat.extract import iter_images, plan_frames
+    from lusfeat.extract import plan_frames, write_features
     from lusfeat.manifest import file_sha256, read_manifest
-    from lusfeat.store import CHUNK_FRAMES, ExtractionConfig, FeatureWriter
+    from lusfeat.store import ExtractionConfig
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -235,23 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             aug_shift=params.shift, aug_zoom=params.zoom, aug_flip=params.flip, seed=args.seed,
             frame_step=args.frame_step, manifest_sha256=file_sha256(args.manifest), pooling="none",
         )
-        out = Path(args.out) / f"{BACKBONE_NAME}.h5"
-        began = time.perf_counter()
-        with FeatureWriter(out, config, frames, overwrite=args.overwrite,
-                           weights_source=f"hand-made signal v{SIGNAL_VERSION}: {', '.join(SIGNAL_NAMES)}") as writer:
-            if writer.complete:
-                print(f"{out}: up to date")
-                return 0
-            start = writer.frames_done
-            images = iter_images(frames.iloc[start:], args.size, copies, args.seed, params)
-            position = start
-            while position < len(frames):
-                n = min(CHUNK_FRAMES, len(frames) - position)
-                block = np.stack([images_signal(next(images)) for _ in range(n)], axis=1)  # (copies, n, dim)
-                writer.write(position, block)
-                position += n
-            writer.finish()
-        print(f"{out}: {len(frames) - start} frames x {copies} copies in {time.perf_counter() - began:.1f} s")
+        summary = write_features(
+            frames, config, Path(args.out) / f"{BACKBONE_NAME}.h5", lambda: images_signal, name=BACKBONE_NAME,
+            weights_source=f"hand-made signal v{SIGNAL_VERSION}: {', '.join(SIGNAL_NAMES)}", overwrite=args.overwrite)
+        print(summary.line())
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

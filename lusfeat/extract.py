@@ -253,30 +253,35 @@ def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | 
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lusfeat.extract", description=__doc__.split("\n\n")[0])
+def add_frame_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose frames and copies; shared by every command that writes a feature file."""
     parser.add_argument("--manifest", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
     parser.add_argument("--data-root", default=None, help="folder the manifest paths are relative to "
                         "(default: $LUSFEAT_DATA_ROOT, else the manifest's folder)")
+    parser.add_argument("--frame-step", type=int, default=1, help="every K-th frame of a video (default: %(default)s)")
+    parser.add_argument("--augment-copies", type=int, default=2, help="augmented copies per frame (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace feature files made with other settings")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.extract", description=__doc__.split("\n\n")[0])
+    add_frame_arguments(parser)
     parser.add_argument("--backbone", default=",".join(DEFAULT_BACKBONES),
                         help=f"comma-separated, from {', '.join(BACKBONES)} (default: %(default)s)")
     parser.add_argument("--weights", default="imagenet", help="imagenet (Keras download, or "
                         "$LUSFEAT_WEIGHTS_DIR/<file> when present), none (random), a weights FILE, or a DIR")
-    parser.add_argument("--augment-copies", type=int, default=2, help="augmented copies per frame (default: %(default)s)")
     parser.add_argument("--rotation", type=float, default=AugmentParams.rotation, help="degrees (default: %(default)s)")
     parser.add_argument("--shift", type=float, default=AugmentParams.shift, help="fraction (default: %(default)s)")
     parser.add_argument("--zoom", type=float, default=AugmentParams.zoom, help="fraction (default: %(default)s)")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    parser.add_argument("--frame-step", type=int, default=1, help="every K-th frame of a video (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--input-size", type=int, default=None, help="pixels, square (default: the backbone's native)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature type")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="backbone compute type; bfloat16 is 1.3-2x faster on CPUs with AVX-512 BF16, features "
                         "within cosine 0.999 of float32 for xception/vgg16 (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: %(default)s)")
     parser.add_argument("--out", default="features", help="output folder, one <backbone>.h5 each (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace feature files made with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

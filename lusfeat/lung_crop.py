@@ -61,17 +61,14 @@ def crop_lung(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lusfeat.extract import add_frame_arguments
+
     parser = argparse.ArgumentParser(prog="python -m lusfeat.lung_crop", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifest", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
-    parser.add_argument("--data-root", default=None, help="folder the manifest paths are relative to")
+    add_frame_arguments(parser)
     parser.add_argument("--backbone", default="xception", help="one backbone name (default: %(default)s)")
     parser.add_argument("--weights", default="imagenet", help="as for lusfeat.extract")
-    parser.add_argument("--frame-step", type=int, default=1, help="every K-th frame of a video (default: %(default)s)")
-    parser.add_argument("--augment-copies", type=int, default=2, help="augmented copies (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--out", default="features/lung_crop", help="output folder (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a file made with other settings")
     return parser
 
 

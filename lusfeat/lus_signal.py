@@ -197,18 +197,13 @@ def images_signal(images: np.ndarray) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lusfeat.extract import add_frame_arguments
+
     parser = argparse.ArgumentParser(prog="python -m lusfeat.lus_signal", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifest", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
-    parser.add_argument("--data-root", default=None, help="folder the manifest paths are relative to "
-                        "(default: $LUSFEAT_DATA_ROOT, else the manifest's folder)")
-    parser.add_argument("--frame-step", type=int, default=1, help="every K-th frame of a video (default: %(default)s)")
-    parser.add_argument("--augment-copies", type=int, default=2,
-                        help="augmented copies per frame, as in lusfeat.extract (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed, as in lusfeat.extract (default: %(default)s)")
+    add_frame_arguments(parser)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="frames are read at SIZE x SIZE (default: %(default)s)")
     # A subfolder: lusfeat.fit's default features/*.h5 takes backbone files only.
     parser.add_argument("--out", default="features/lus_signal", help="output folder for lus_signal.h5 (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a lus_signal.h5 made with other settings")
     return parser
 
 

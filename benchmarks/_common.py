@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,13 @@ def _jsonable(value: Any) -> Any:
 def command_line(script: str, argv: list[str] | None) -> str:
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python", f"benchmarks/{script}", *args])
+
+
+def publish(record: dict[str, Any], out: str | os.PathLike | None, stem: str,
+            render: Callable[[dict[str, Any]], str]) -> Path:
+    """Note the load after the run, print the tables and save the JSON (the end of every benchmark)."""
+    record["machine_after"] = {"load_average": list(os.getloadavg()), "busy_processes": machine_info()["busy_processes"]}
+    print(render(record))
+    path = save_json(record, out, stem)
+    print(f"\nJSON: {path}")
+    return path

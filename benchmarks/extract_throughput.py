@@ -39,7 +39,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import command_line, format_table, machine_info, save_json  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish  # noqa: E402
 from lusfeat.errors import LusfeatError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,14 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                     entry["bfloat16"]["speedup_over_float32_compiled"] = (
                         entry["bfloat16"]["compiled_images_per_second"] / bare_compiled)
                 record["backbones"][name] = entry
-            record["machine_after"] = {"load_average": list(os.getloadavg()),
-                                       "busy_processes": machine_info()["busy_processes"]}
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(render_tables(record))
-    path = save_json(record, args.out, "extract_throughput")
-    print(f"\nJSON: {path}")
+    publish(record, args.out, "extract_throughput", render_tables)
     return 0
 
 

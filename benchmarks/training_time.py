@@ -44,7 +44,7 @@ from benchmarks._common import (  # noqa: E402
     format_table,
     machine_info,
     patient_folds,
-    save_json,
+    publish,
     select_patients,
 )
 from lusfeat.errors import LusfeatError  # noqa: E402
@@ -426,14 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             record["stage_two_full_size"] = [synthetic_full_size(args.synthetic_train_frames, dim, 3, args.seed, args)
                                              for dim in dims]
         record["stage_two_real_cache"] = [real_cache_folds(path, args) for path in args.real_cache]
-        record["machine_after"] = {"load_average": list(os.getloadavg()),
-                                   "busy_processes": machine_info()["busy_processes"]}
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(render_tables(record))
-    path = save_json(record, args.out, "training_time")
-    print(f"\nJSON: {path}")
+    publish(record, args.out, "training_time", render_tables)
     return 0
 
 

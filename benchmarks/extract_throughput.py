@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from lusfeat.backbones import get_spec, resolve_weights
+        from lusfeat.manifest import resolve_data_root
 
-        data_root = args.data_root or os.environ.get("LUSFEAT_DATA_ROOT") or str(Path(args.manifest).parent)
+        data_root = str(resolve_data_root(args.manifest, args.data_root))
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
         memory_names = names if args.memory_backbones is None else [
             name.strip() for name in args.memory_backbones.split(",") if name.strip()]

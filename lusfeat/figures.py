@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from lusfeat.aggregate import CLASSES, UNLABELLED, Aggregate, natural_sorted, proba_columns
 
-LABELS = {"head": "Keras head", "logreg": "logistic regression"}
+LABELS = {"head": "Keras head", "logreg": "logistic regression", "video": "video ordinal"}
 PANEL = (4.3, 3.8)  # inches per panel
 DPI = 80
 

@@ -34,6 +34,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from lusfeat.aggregate import most_frequent
+
 LABELS = [0, 1, 2, 3]
 
 
@@ -74,10 +76,20 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray) -> dict[str, Any]:
-    """Metrics of ``(n, 4)`` probabilities against true scores; predictions are the argmax."""
+def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
+                           y_pred: Sequence[int] | None = None) -> dict[str, Any]:
+    """Metrics of ``(n, 4)`` probabilities against true scores; predictions ``y_pred``, else the argmax.
+
+    ``y_pred`` is for a model that reads its class by a rule of its own (an ordinal model's median
+    score); ROC-AUC always comes from the probabilities.
+    """
     y_true, probabilities = _check(np.asarray(y_true), probabilities)
-    y_pred = np.asarray(LABELS)[np.argmax(probabilities, axis=1)]
+    if y_pred is None:
+        y_pred = np.asarray(LABELS)[np.argmax(probabilities, axis=1)]
+    else:
+        y_pred = np.asarray(y_pred).astype(int)
+        if len(y_pred) != len(y_true) or not np.isin(y_pred, LABELS).all():
+            raise ValueError(f"y_pred must hold one score 0..3 per frame ({len(y_true)})")
     support = np.bincount(y_true, minlength=len(LABELS))
     absent = [label for label in LABELS if support[label] == 0]
     notes = []
@@ -110,6 +122,10 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray) -> 
     }
 
 
+def _video_keys(frames: pd.DataFrame) -> pd.DataFrame:
+    return frames[["patient_id", "video_id"]].astype(str).reset_index(drop=True)
+
+
 def video_probabilities(frames: pd.DataFrame, probabilities: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """Mean frame probability per video: ``(videos, probabilities[v, 4])``.
 
@@ -120,8 +136,7 @@ def video_probabilities(frames: pd.DataFrame, probabilities: np.ndarray) -> tupl
     """
     if len(frames) != len(probabilities):
         raise ValueError("one row of probabilities per frame is needed")
-    keys = frames[["patient_id", "video_id"]].astype(str).reset_index(drop=True)
-    table = pd.concat([keys, pd.DataFrame(np.asarray(probabilities, dtype=float), columns=LABELS)], axis=1)
+    table = pd.concat([_video_keys(frames), pd.DataFrame(np.asarray(probabilities, dtype=float), columns=LABELS)], axis=1)
     table["score"] = np.asarray(frames["score"]).astype(int)
     grouped = table.groupby(["patient_id", "video_id"], sort=False)
     mean = grouped[LABELS].mean()
@@ -131,11 +146,22 @@ def video_probabilities(frames: pd.DataFrame, probabilities: np.ndarray) -> tupl
     return videos, mean.to_numpy()
 
 
-def evaluate(frames: pd.DataFrame, probabilities: np.ndarray) -> dict[str, Any]:
-    """Frame-level metrics with the video-level ones under ``"video"``."""
-    frame_level = classification_metrics(frames["score"].to_numpy(), probabilities)
+def evaluate(frames: pd.DataFrame, probabilities: np.ndarray, predicted: Sequence[int] | None = None) -> dict[str, Any]:
+    """Frame-level metrics with the video-level ones under ``"video"``.
+
+    A video's prediction is the argmax of its mean frame probabilities; with ``predicted`` (a
+    model's own per-frame scores) it is its most frequent predicted frame score, ties to the
+    higher (for a video-level model: the video's own score).
+    """
+    frame_level = classification_metrics(frames["score"].to_numpy(), probabilities, predicted)
     videos, video_proba = video_probabilities(frames, probabilities)
-    frame_level["video"] = classification_metrics(videos["score"].to_numpy(), video_proba)
+    video_pred = None
+    if predicted is not None:
+        keys = _video_keys(frames)
+        per_video = pd.Series(np.asarray(predicted).astype(int)).groupby([keys["patient_id"], keys["video_id"]],
+                                                                          sort=False).agg(most_frequent)
+        video_pred = per_video.to_numpy()
+    frame_level["video"] = classification_metrics(videos["score"].to_numpy(), video_proba, video_pred)
     return frame_level
 
 

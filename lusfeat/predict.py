@@ -1,6 +1,6 @@
 """Score new lung-ultrasound data with a saved model: frame, video, region and global scores.
 
-    python -m lusfeat.predict --model RUN/<backbone>/fold<k> INPUT [--data-root DIR]
+    python -m lusfeat.predict --model RUN/<backbone>/fold<k> INPUT [--data-root DIR] [--scorer video|head|logreg]
         [--weights imagenet|none|FILE|DIR] [--frame-step K] [--rule mode|mean_proba] [--out DIR]
 
 INPUT is either
@@ -13,15 +13,18 @@ INPUT is either
   (``L1.mp4`` -> L1, ``R2_2.mp4`` -> R2, ``patient_9_L1.mp4`` -> L1, ``rpl3-0007.png`` -> RPL3).
   A file without such a token is an error: rename it or write a manifest.
 
-The model folder is one that ``lusfeat.fit`` wrote: ``head.keras`` (pooled features -> 4
-probabilities) and ``model.json`` (backbone, weights identity, input size, pooling, frame step
-of the features it was trained on). Features are computed by stage one's own code
+The model folder is one that ``lusfeat.fit`` wrote: ``model.json`` (backbone, weights identity,
+input size, pooling, frame step of the features it was trained on; the models trained and the
+primary one) and the models: ``head.keras`` (pooled features -> 4 probabilities),
+``logreg.joblib``, and with fit's default preset ``video.joblib`` (the video-level ordinal
+model, the primary one: each frame carries its video's score). Features are computed by stage one's own code
 (``lusfeat.extract``, ``lusfeat.backbones``) from the weights you give; weights or an input size
 other than the model's are refused, naming both, since they would give wrong scores silently.
 
-Writes to OUT: ``frames.csv`` (per frame: class probabilities ``head_p0..p3`` and
-``head_pred``), ``videos.csv``, ``regions.csv``, ``patients.csv`` (global score with the
-number of regions scored) and ``predictions.json`` (all of it, nested per patient, with the
+Writes to OUT: ``frames.csv`` (per frame, for every model of the folder: class probabilities
+``<model>_p0..p3`` and ``<model>_pred``), and by the scorer (``--scorer``, default the
+folder's primary model): ``videos.csv``, ``regions.csv``, ``patients.csv`` (global score with
+the number of regions scored) and ``predictions.json`` (all of it, nested per patient, with the
 model's identity). Where the input carries true scores, the agreement is reported too.
 """
 
@@ -44,11 +47,11 @@ import pandas as pd
 
 from lusfeat.aggregate import CLASSES, RULES, UNLABELLED, agreement, global_scores, region_scores, video_scores
 from lusfeat.errors import LusfeatError
+from lusfeat.fit import MODEL_FILES, video_keys
 from lusfeat.manifest import MEDIA_SUFFIXES, read_manifest
 from lusfeat.store import FORMAT_VERSION, ExtractionConfig
 
 log = logging.getLogger("lusfeat.predict")
-PREFIX = "head"
 REGION_TOKEN = re.compile(r"^[A-Za-z]{1,3}\d{1,2}$")
 BLOCK_FRAMES = 64  # frames decoded, embedded and scored at a time: bounds memory
 
@@ -118,21 +121,53 @@ def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | Non
 
 @dataclass
 class SavedModel:
-    """A ``lusfeat.fit`` model folder: the head and what its features were made with."""
+    """A ``lusfeat.fit`` model folder: its models and what their features were made with."""
 
     folder: Path
     info: dict
     extraction: ExtractionConfig
-    head: object  # keras.Model: (feature_dim,) -> 4 probabilities
+    models: dict[str, object]  # name -> keras.Model "head" | sklearn Pipeline "logreg" | VideoPoolingClassifier "video"
+    primary: str
+
+    @property
+    def head(self) -> object:
+        return self.models["head"]
+
+
+def _load_head(path: Path, extraction: ExtractionConfig):
+    import keras
+
+    try:
+        head = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises assorted types for a broken or foreign file
+        raise LusfeatError(f"{path}: not a loadable Keras model ({type(error).__name__}: {error})") from error
+    width = head.input_shape[-1]
+    if width != extraction.feature_dim or head.output_shape[-1] != len(CLASSES):
+        raise LusfeatError(f"{path}: maps {width} features to {head.output_shape[-1]} classes, but model.json "
+                           f"records {extraction.feature_dim} features and {len(CLASSES)} classes")
+    return head
+
+
+def _load_joblib(path: Path, extraction: ExtractionConfig):
+    import joblib
+
+    try:
+        model = joblib.load(path)
+    except Exception as error:  # unpickling a broken or foreign file raises assorted types
+        raise LusfeatError(f"{path}: not a loadable model file ({type(error).__name__}: {error}); refit the fold "
+                           "with lusfeat.fit") from error
+    width = getattr(model, "n_features_in_", None)
+    if width != extraction.feature_dim:
+        raise LusfeatError(f"{path}: fitted on {width} features, but model.json records {extraction.feature_dim}")
+    return model
 
 
 def load_saved_model(folder: str | os.PathLike) -> SavedModel:
     folder = Path(folder)
-    info_path, head_path = folder / "model.json", folder / "head.keras"
-    for needed in (info_path, head_path):
-        if not needed.is_file():
-            raise LusfeatError(f"{needed} not found: --model takes a folder written by lusfeat.fit "
-                               "(RUN/<backbone>/fold<k>, holding head.keras and model.json)")
+    info_path = folder / "model.json"
+    if not info_path.is_file():
+        raise LusfeatError(f"{info_path} not found: --model takes a folder written by lusfeat.fit "
+                           "(RUN/<backbone>/fold<k>, holding model.json and head.keras)")
     try:
         info = json.loads(info_path.read_text())
         recorded = dict(info["extraction"])
@@ -142,17 +177,23 @@ def load_saved_model(folder: str | os.PathLike) -> SavedModel:
     if extraction.format_version != FORMAT_VERSION:
         raise LusfeatError(f"{info_path}: features of format version {extraction.format_version}, this lusfeat "
                            f"makes version {FORMAT_VERSION}; refit the model with this version")
-    import keras
-
-    try:
-        head = keras.saving.load_model(head_path, compile=False)
-    except Exception as error:  # Keras raises assorted types for a broken or foreign file
-        raise LusfeatError(f"{head_path}: not a loadable Keras model ({type(error).__name__}: {error})") from error
-    width = head.input_shape[-1]
-    if width != extraction.feature_dim or head.output_shape[-1] != len(CLASSES):
-        raise LusfeatError(f"{head_path}: maps {width} features to {head.output_shape[-1]} classes, but model.json "
-                           f"records {extraction.feature_dim} features and {len(CLASSES)} classes")
-    return SavedModel(folder, info, extraction, head)
+    names = list(info.get("models", ["head"]))  # folders of lusfeat 0.1 before presets hold the head only
+    unknown = [name for name in names if name not in MODEL_FILES]
+    if unknown:
+        raise LusfeatError(f"{info_path}: unknown model(s) {', '.join(unknown)}; this lusfeat knows "
+                           f"{', '.join(MODEL_FILES)}")
+    models = {}
+    for name in names:
+        path = folder / MODEL_FILES[name]
+        if not path.is_file():
+            raise LusfeatError(f"{path} not found: model.json lists the {name} model; refit the fold with lusfeat.fit "
+                               "or copy the whole folder")
+        models[name] = _load_head(path, extraction) if name == "head" else _load_joblib(path, extraction)
+    primary = str(info.get("primary", names[0]))
+    if primary not in models:
+        raise LusfeatError(f"{info_path}: primary model {primary!r} is not among its models {', '.join(names)}; "
+                           "refit the fold with lusfeat.fit")
+    return SavedModel(folder, info, extraction, models, primary)
 
 
 def check_compatible(model: SavedModel, weights_identity: str, weights_description: str, input_size: int,
@@ -185,9 +226,9 @@ def check_compatible(model: SavedModel, weights_identity: str, weights_descripti
 # --------------------------------------------------------------------------- scoring
 
 
-def score_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size: int = 32,
+def embed_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size: int = 32,
                  progress: bool = True) -> np.ndarray:
-    """Class probabilities ``(n_frames, 4)``: stage one's frames and backbone, then the saved head."""
+    """Pooled features ``(n_frames, dim)`` by stage one's own frames and backbone, as the feature file held them."""
     from tqdm.auto import tqdm
 
     from lusfeat.augment import AugmentParams
@@ -200,24 +241,47 @@ def score_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size:
     params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
     images = iter_images(frames, config.input_size, 1, config.seed, params)  # copy 0: the frame itself
     out = []
-    with tqdm(total=len(frames), unit="frame", desc=f"{spec.name} + head", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(frames), unit="frame", desc=spec.name, disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(frames), BLOCK_FRAMES):
             n = min(BLOCK_FRAMES, len(frames) - start)
             block = np.stack([next(images)[0] for _ in range(n)])
-            # Round through the stored dtype: the head was trained on features as the file held them.
-            features = embed(block).astype(config.dtype).astype("float32")
-            out.append(np.asarray(model.head(features, training=False), dtype="float64"))
+            # Round through the stored dtype: the models were trained on features as the file held them.
+            out.append(embed(block).astype(config.dtype).astype("float32"))
             bar.update(n)
-    proba = np.concatenate(out)
-    return proba / proba.sum(axis=1, keepdims=True)
+    return np.concatenate(out) if out else np.zeros((0, config.feature_dim), np.float32)
 
 
-def frame_table(frames: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
+def _argmax_high(probabilities: np.ndarray) -> np.ndarray:
+    return np.array([len(row) - 1 - int(np.argmax(row[::-1])) for row in probabilities], dtype=int)  # ties: higher
+
+
+def score_features(features: np.ndarray, frames: pd.DataFrame, model: SavedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per model of the folder: ``(probabilities (n, 4), scores (n,))`` of every frame."""
+    from lusfeat.head import pipeline_probabilities
+
+    out = {}
+    for name, estimator in model.models.items():
+        if name == "head":
+            proba = np.concatenate([np.asarray(estimator(features[i:i + 1024], training=False), dtype="float64")
+                                    for i in range(0, len(features), 1024)])
+            proba = proba / proba.sum(axis=1, keepdims=True)
+            out[name] = (proba, _argmax_high(proba))
+        elif name == "logreg":
+            proba = pipeline_probabilities(estimator, features)
+            out[name] = (proba, _argmax_high(proba))
+        else:  # video: one answer per (patient, video), given to each of its frames
+            keys = video_keys(frames)
+            out[name] = (estimator.predict_proba(features, keys), estimator.predict(features, keys))
+    return out
+
+
+def frame_table(frames: pd.DataFrame, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """Per-frame predictions in ``lusfeat.fit``'s column layout (``score`` -1 where unlabelled)."""
     table = frames[["path", "frame_index", "patient_id", "region", "video_id", "group", "score"]].copy()
-    for k in CLASSES:
-        table[f"{PREFIX}_p{k}"] = proba[:, k]
-    table[f"{PREFIX}_pred"] = [len(row) - 1 - int(np.argmax(row[::-1])) for row in proba]  # a tie to the higher score
+    for name, (proba, predicted) in scored.items():
+        for k in CLASSES:
+            table[f"{name}_p{k}"] = proba[:, k]
+        table[f"{name}_pred"] = predicted
     return table
 
 
@@ -265,7 +329,8 @@ def _write(path: Path, text: str) -> None:
 
 def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out: str | os.PathLike = "predictions",
             data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
-            input_size: int | None = None, rule: str = "mode", batch_size: int = 32, progress: bool = True) -> dict:
+            input_size: int | None = None, rule: str = "mode", scorer: str | None = None, batch_size: int = 32,
+            progress: bool = True) -> dict:
     """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict."""
     from lusfeat.backbones import BACKBONES, get_spec, resolve_weights
     from lusfeat.extract import plan_frames
@@ -274,6 +339,10 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
         raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
     out = Path(out)
     model = load_saved_model(model_dir)
+    scorer = model.primary if scorer is None else scorer
+    if scorer not in model.models:
+        raise LusfeatError(f"--scorer {scorer}: {model_dir} holds the model(s) {', '.join(model.models)}; "
+                           "the video model is fitted by lusfeat.fit's default preset (not --preset paper)")
     if model.extraction.backbone not in BACKBONES:
         raise LusfeatError(f"{model_dir}: trained on {model.extraction.backbone!r} features, which lusfeat.predict "
                            f"cannot compute; it rebuilds the features of the backbones {', '.join(BACKBONES)}")
@@ -289,16 +358,17 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     log.info("%d frames (every %d) from %d files of %d patient(s)", len(frames), step, len(manifest),
              manifest["patient_id"].nunique())
     began = time.perf_counter()
-    proba = score_frames(frames, model, source, batch_size=batch_size, progress=progress)
+    features = embed_frames(frames, model, source, batch_size=batch_size, progress=progress)
+    table = frame_table(frames, score_features(features, frames, model))
     seconds = time.perf_counter() - began
-    table = frame_table(frames, proba)
-    videos = video_scores(table, PREFIX, rule)
-    regions = region_scores(table, PREFIX, rule)
+    videos = video_scores(table, scorer, rule)
+    regions = region_scores(table, scorer, rule)
     patients = global_scores(regions)
     labelled = bool((table["score"] != UNLABELLED).any())
     result = {
         "model": {"folder": str(Path(model_dir).resolve()), "backbone": model.extraction.backbone,
-                  "fold": model.info.get("fold"), "weights": model.extraction.weights,
+                  "fold": model.info.get("fold"), "scorer": scorer, "models": list(model.models),
+                  "weights": model.extraction.weights,
                   "input_size": model.extraction.input_size, "train_patients": len(model.info.get("train_patients", [])),
                   "lusfeat_version": model.info.get("lusfeat_version")},
         "input": str(Path(input_path).resolve()), "weights_source": source.description, "frame_step": step,
@@ -339,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                         "those the model was trained with (default: %(default)s)")
     parser.add_argument("--frame-step", type=int, default=None, help="every K-th frame (default: the model's)")
     parser.add_argument("--input-size", type=int, default=None, help="pixels (default and only accepted value: the model's)")
+    parser.add_argument("--scorer", choices=tuple(MODEL_FILES), default=None,
+                        help="the model whose scores make videos/regions/patients.csv (default: the folder's primary "
+                        "model, video for lusfeat.fit's default preset, head for --preset paper)")
     parser.add_argument("--rule", choices=RULES, default="mode", help="region score: most frequent frame score "
                         "(ties to the higher) or argmax of the mean probabilities (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
@@ -348,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         result = predict(args.model, args.input, out=args.out, data_root=args.data_root, weights=args.weights,
-                         frame_step=args.frame_step, input_size=args.input_size, rule=args.rule,
+                         frame_step=args.frame_step, input_size=args.input_size, rule=args.rule, scorer=args.scorer,
                          batch_size=args.batch_size, progress=not args.no_progress)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)

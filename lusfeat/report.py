@@ -36,7 +36,7 @@ from lusfeat.aggregate import (
 )
 from lusfeat.errors import LusfeatError
 
-KNOWN_PREFIXES = ("head", "logreg")
+KNOWN_PREFIXES = ("video", "head", "logreg")  # the default preset's primary model first
 FOLD_DIR = re.compile(r"^fold(\d+)$")
 DTYPES = {"patient_id": str, "region": str, "video_id": str, "path": str, "group": str}
 
@@ -73,7 +73,7 @@ class Run:
 
 
 def model_prefixes(predictions: pd.DataFrame) -> list[str]:
-    """Column prefixes with a ``_pred`` and ``_p0.._p3`` columns: head and logreg first."""
+    """Column prefixes with a ``_pred`` and ``_p0.._p3`` columns: video, head and logreg first."""
     found = [c[: -len("_pred")] for c in predictions.columns if c.endswith("_pred")]
     found = [p for p in found if all(f"{p}_p{k}" in predictions.columns for k in CLASSES)]
     return [p for p in KNOWN_PREFIXES if p in found] + [p for p in found if p not in KNOWN_PREFIXES]
@@ -142,10 +142,10 @@ def frame_metrics(section: Section, prefix: str) -> dict:
     """Frame- and video-level numbers of one model: metrics.json's, else ``lusfeat.metrics.evaluate`` on the predictions."""
     block = (section.metrics or {}).get(prefix)
     if not isinstance(block, dict) or "accuracy" not in block:
-        from lusfeat.metrics import evaluate
+        from lusfeat.fit import evaluate_model
 
         frames = section.predictions[section.predictions["score"].astype(int) != UNLABELLED]
-        block = evaluate(frames, frames[[f"{prefix}_p{k}" for k in CLASSES]].to_numpy(float))
+        block = evaluate_model(frames, frames, prefix)
     video = block.get("video") or {}
     return {"frames": block.get("n"), "accuracy": block.get("accuracy"), "macro_f1": block.get("macro_f1"),
             "qwk": block.get("qwk"), "roc_auc_macro": block.get("roc_auc_macro"),
@@ -422,8 +422,8 @@ def build_html(run: Run, rule: str) -> str:
     parts.insert(2, f"<nav><b>Contents</b><ul>{''.join(nav)}</ul></nav>")
     parts += ['<h2 id="overview">Overview: every backbone, fold and model</h2>',
               _table(["backbone", "test set", "model"] + [h for h, *_ in METRIC_COLUMNS], overview, left=3),
-              '<p class="note">Frame and video numbers (video: argmax of the mean frame probabilities) as '
-              "lusfeat.fit wrote them in metrics.json, or by lusfeat.metrics from predictions.csv where absent; "
+              '<p class="note">Frame and video numbers (a video\'s score: the argmax of its mean frame '
+              "probabilities; for the video ordinal model, its own score of the whole video) as lusfeat.fit wrote them in metrics.json, or by lusfeat.metrics from predictions.csv where absent; "
               "region and global numbers computed here from predictions.csv by the aggregation rule above. "
               "QWK = quadratic-weighted Cohen's kappa; AUC = mean one-vs-rest ROC-AUC over the scores present.</p>"]
     for backbone, sections in run.sections.items():

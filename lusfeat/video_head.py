@@ -65,14 +65,25 @@ def pool_videos(X, inverse: np.ndarray, n_videos: int, pooling: tuple[str, ...])
 class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
     """Pool frame features per video, classify videos; answer per frame (see the module docstring).
 
+    ``Cs``: when given, the estimator's ``C`` is chosen from these values by an inner
+    patient-level split of the *training* videos only (``inner_folds`` folds of the patients
+    named by ``groups``, stratified by ``strata`` as :func:`lusfeat.folds.patient_strata` does,
+    seeded ``random_state + 1000``; fewer folds when there are fewer training patients), for the
+    best video-level quadratic weighted kappa; a tie goes to the smaller C (the stronger
+    penalty). The test patients are never seen by the choice.
+
     Attributes: ``estimator_`` (the fitted clone), ``classes_`` ([0, 1, 2, 3]),
-    ``n_features_in_`` (frame feature size), ``n_videos_`` (training videos).
+    ``n_features_in_`` (frame feature size), ``n_videos_`` (training videos), and with ``Cs``:
+    ``C_`` (the chosen value) and ``inner_qwk_`` (inner video QWK per candidate, keys ``str(C)``).
     """
 
     def __init__(self, *, estimator=None, pooling: tuple[str, ...] = ("mean", "std", "max"),
+                 Cs: tuple[float, ...] | None = None, inner_folds: int = 3,
                  random_state: int | None = None) -> None:
         self.estimator = estimator
         self.pooling = pooling
+        self.Cs = Cs
+        self.inner_folds = inner_folds
         self.random_state = random_state
 
     def _pooled(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
@@ -82,22 +93,59 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
         ids, inverse = video_index(videos)
         return pool_videos(X, inverse, len(ids), tuple(self.pooling)), inverse
 
-    def fit(self, X, y, videos=None) -> VideoPoolingClassifier:
+    def fit(self, X, y, videos=None, groups=None, strata=None) -> VideoPoolingClassifier:
+        """Fit on frames ``X`` with scores ``y``; ``videos`` per frame, and with ``Cs`` also ``groups`` (patients)."""
         X = as_copies(X)
         y = check_scores(y, X.shape[1])
         pooled, inverse = self._pooled(X, videos)
-        video_scores = np.array([most_frequent(y[inverse == v]) for v in range(pooled.shape[1])], dtype=np.int32)
+        video_scores = pd.Series(y).groupby(inverse).agg(most_frequent).to_numpy().astype(np.int32)
         estimator = clone(self.estimator) if self.estimator is not None else LogisticCheck()
         if self.random_state is not None and "random_state" in estimator.get_params():
             estimator.set_params(random_state=self.random_state)
+        if self.Cs:
+            self.C_, self.inner_qwk_ = self._choose_C(estimator, pooled, video_scores, inverse, y, groups, strata)
+            estimator.set_params(C=self.C_)
         self.estimator_ = estimator.fit(pooled, video_scores)
         self.classes_ = LABELS.copy()
         self.n_features_in_ = X.shape[2]
         self.n_videos_ = pooled.shape[1]
         return self
 
-    def predict_video_proba(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
-        """``(video ids, (n_videos, 4) probabilities)`` for the videos of ``X`` (copy 0)."""
+    def _choose_C(self, estimator, pooled: np.ndarray, video_scores: np.ndarray, inverse: np.ndarray, y: np.ndarray,
+                  groups, strata) -> tuple[float, dict[str, float]]:
+        from sklearn.metrics import cohen_kappa_score
+
+        from lusfeat.folds import make_folds, patient_strata
+
+        if groups is None or len(groups) != len(inverse):
+            raise ValueError(f"choosing C (Cs={self.Cs}) needs groups: one patient id per frame ({len(inverse)})")
+        if min(self.Cs) <= 0:
+            raise ValueError(f"Cs must be positive, got {self.Cs}")
+        frames = pd.DataFrame({"patient_id": np.asarray(groups).astype(str), "score": y,
+                               "group": "" if strata is None else np.asarray(strata).astype(str)})
+        video_patients = frames.groupby(inverse)["patient_id"].agg(lambda values: set(values))
+        if (video_patients.map(len) > 1).any():
+            raise ValueError("a video id is shared by several patients: give ids unique across patients")
+        video_patient = video_patients.map(lambda values: next(iter(values))).to_numpy()
+        strata_per_patient = patient_strata(frames)
+        n_inner = min(self.inner_folds, len(strata_per_patient))
+        if n_inner < 2:  # one training patient: nothing to hold out, keep the estimator's own C
+            return float(estimator.get_params()["C"]), {}
+        seed = 1000 + (self.random_state or 0)
+        folds = make_folds(strata_per_patient, n_inner, seed=seed).set_index("patient_id")["fold"]
+        video_fold = folds.reindex(video_patient).to_numpy()
+        scores = {}
+        for C in self.Cs:
+            predicted = np.zeros(len(video_scores), dtype=np.int64)
+            for fold in range(1, n_inner + 1):
+                train, test = video_fold != fold, video_fold == fold
+                inner = clone(estimator).set_params(C=C).fit(pooled[:, train], video_scores[train])
+                predicted[test] = inner.predict(pooled[:1, test])
+            scores[str(C)] = float(cohen_kappa_score(video_scores, predicted, weights="quadratic", labels=LABELS))
+        best = max(self.Cs, key=lambda C: (scores[str(C)], -C))
+        return float(best), scores
+
+    def _video_rows(self, X, videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         check_is_fitted(self)
         X = as_copies(X)
         if X.shape[2] != self.n_features_in_:
@@ -105,8 +153,17 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
         if videos is None or len(videos) != X.shape[1]:
             raise ValueError(f"videos must give one video id per frame ({X.shape[1]})")
         ids, inverse = video_index(videos)
-        pooled = pool_videos(X[:1], inverse, len(ids), tuple(self.pooling))
+        return ids, inverse, pool_videos(X[:1], inverse, len(ids), tuple(self.pooling))
+
+    def predict_video_proba(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
+        """``(video ids, (n_videos, 4) probabilities)`` for the videos of ``X`` (copy 0)."""
+        ids, _, pooled = self._video_rows(X, videos)
         return ids, np.asarray(self.estimator_.predict_proba(pooled), dtype=np.float64)
+
+    def predict_video(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
+        """``(video ids, scores)``: each video's score by the estimator's own rule (its ``predict``)."""
+        ids, _, pooled = self._video_rows(X, videos)
+        return ids, np.asarray(self.estimator_.predict(pooled)).astype(np.int64)
 
     def predict_proba(self, X, videos=None) -> np.ndarray:
         """``(n_frames, 4)``: each frame gets its video's probabilities."""
@@ -114,9 +171,6 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
         return probabilities[video_index(videos)[1]]
 
     def predict(self, X, videos=None) -> np.ndarray:
-        probabilities = self.predict_proba(X, videos)
-        if hasattr(self.estimator_, "decision") and hasattr(self.estimator_, "predict"):
-            from lusfeat.ordinal import decide
-
-            return self.classes_[decide(probabilities, self.estimator_.decision)]
-        return self.classes_[np.argmax(probabilities, axis=1)]
+        """Per frame, its video's score (the estimator's ``predict``: the median rule for ordinal regression)."""
+        _, scores = self.predict_video(X, videos)
+        return scores[video_index(videos)[1]]

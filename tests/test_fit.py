@@ -11,13 +11,14 @@ import pytest
 from lusfeat.fit import compare_models, main
 from lusfeat.store import load_features
 
-PREDICTION_COLUMNS = [
+PAPER_COLUMNS = [
     "path", "frame_index", "patient_id", "region", "video_id", "group", "score",
     "head_p0", "head_p1", "head_p2", "head_p3", "head_pred",
-    "logreg_p0", "logreg_p1", "logreg_p2", "logreg_p3", "logreg_pred", "fold",
+    "logreg_p0", "logreg_p1", "logreg_p2", "logreg_p3", "logreg_pred",
 ]
+PREDICTION_COLUMNS = [*PAPER_COLUMNS, "video_p0", "video_p1", "video_p2", "video_p3", "video_pred", "fold"]
 MODEL_KEYS = {"backbone", "fold", "extraction", "weights_source", "feature_dim", "classes", "train_patients",
-              "lusfeat_version"}
+              "lusfeat_version", "models", "primary", "files"}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
     tested = []
     for fold in (1, 2, 3):
         folder = full_run / "mobilenet" / f"fold{fold}"
-        assert {p.name for p in folder.iterdir()} == {"predictions.csv", "metrics.json", "head.keras", "logreg.joblib", "model.json"}
+        assert {p.name for p in folder.iterdir()} == {"predictions.csv", "metrics.json", "head.keras", "logreg.joblib",
+                                                      "video.joblib", "model.json"}
         predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
         assert list(predictions.columns) == PREDICTION_COLUMNS
         assert (predictions["fold"] == fold).all()
@@ -54,7 +56,8 @@ def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
         assert metrics["n_test_frames"] == len(predictions)
         assert metrics["n_train_frames"] + len(predictions) == len(features.frames)
         assert set(metrics["train_patients"]).isdisjoint(metrics["test_patients"])
-        for model in ("head", "logreg"):
+        assert metrics["models"] == ["video", "head", "logreg"] and metrics["primary"] == "video"
+        for model in ("head", "logreg", "video"):
             block = metrics[model]
             assert 0 <= block["accuracy"] <= 1 and block["fit_seconds"] > 0
             assert block["video"]["n"] == predictions.groupby("video_id").ngroups
@@ -78,7 +81,8 @@ def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
 
     summary = pd.read_csv(full_run / "summary.csv", dtype={"fold": str})
     assert list(summary.columns) == ["backbone", "fold", "model", "accuracy", "macro_f1", "qwk", "roc_auc", "seconds"]
-    assert list(summary["fold"]) == ["1", "1", "2", "2", "3", "3", "pooled", "pooled"]
+    assert list(summary["fold"]) == ["1"] * 3 + ["2"] * 3 + ["3"] * 3 + ["pooled"] * 3
+    assert list(summary["model"][:3]) == ["head", "logreg", "video"]
 
 
 def test_saved_models_reproduce_the_predictions(full_run: Path, six_patient_features: Path):
@@ -105,7 +109,7 @@ def test_same_seed_same_metrics(full_run: Path, six_patient_features: Path, tmp_
     first = json.loads((full_run / "mobilenet" / "fold2" / "metrics.json").read_text())
     second = json.loads((again / "mobilenet" / "fold2" / "metrics.json").read_text())
     for record in (first, second):
-        for model in ("head", "logreg"):
+        for model in record["models"]:
             record[model].pop("fit_seconds")
         record["features"].pop("path")
     assert first == second
@@ -136,3 +140,44 @@ def test_warning_when_head_trails_the_regression():
     assert len(warnings) == 1 and "below the logistic regression" in warnings[0]
     assert 0 < kappa < 1
     assert compare_models({"head": {"accuracy": 0.32}, "logreg": {"accuracy": 0.36}}, predictions)[1] == []
+
+
+def test_video_model_scores_whole_videos_with_its_C_chosen_inside_the_training_patients(full_run: Path,
+                                                                                       six_patient_features: Path):
+    import joblib
+
+    features = load_features(six_patient_features)
+    for fold in (1, 2, 3):
+        folder = full_run / "mobilenet" / f"fold{fold}"
+        predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str, "video_id": str})
+        # every frame of a video carries the video's one score and probabilities
+        per_video = predictions.groupby(["patient_id", "video_id"])
+        assert (per_video["video_pred"].nunique() == 1).all() and (per_video["video_p0"].nunique() == 1).all()
+        metrics = json.loads((folder / "metrics.json").read_text())
+        video = metrics["video"]
+        assert video["C"] in (0.001, 0.01, 0.1) and set(video["inner_video_qwk"]) == {"0.001", "0.01", "0.1"}
+        assert video["C"] == max((0.001, 0.01, 0.1), key=lambda c: (video["inner_video_qwk"][str(c)], -c))
+        assert video["video"]["n"] == per_video.ngroups
+        # the saved model answers the same for the same test frames
+        model = joblib.load(folder / "video.joblib")
+        is_test = features.frames["patient_id"].isin(set(predictions["patient_id"])).to_numpy()
+        frames = features.frames[is_test]
+        keys = (frames["patient_id"].astype(str) + "/" + frames["video_id"].astype(str)).to_numpy()
+        np.testing.assert_array_equal(model.predict(features.features[0, is_test], keys), predictions["video_pred"])
+        assert model.C_ == video["C"]
+
+
+def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path, six_patient_features: Path,
+                                                                 tmp_path: Path):
+    paper = tmp_path / "paper"
+    assert main(["--fold", "all", "--preset", "paper", "--features", str(six_patient_features), "--out", str(paper)]) == 0
+    folder = paper / "mobilenet" / "fold1"
+    assert not (folder / "video.joblib").exists()
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert list(predictions.columns) == [*PAPER_COLUMNS, "fold"]
+    # adding the video model changes nothing of the head's or the regression's numbers
+    default = pd.read_csv(full_run / "mobilenet" / "fold1" / "predictions.csv")
+    pd.testing.assert_frame_equal(predictions, default[[*PAPER_COLUMNS, "fold"]])
+    metrics = json.loads((paper / "mobilenet" / "pooled" / "metrics.json").read_text())
+    assert metrics["models"] == ["head", "logreg"] and metrics["primary"] == "head" and "video" not in metrics
+    assert json.loads((folder / "model.json").read_text())["primary"] == "head"

@@ -61,9 +61,10 @@ def test_predict_reproduces_fit_on_its_own_test_patient(tiny_model, data_root, w
     assert (again["score"] == -1).all()
     merged = fitted.merge(again, on=["path", "frame_index"], suffixes=("_fit", "_predict"))
     assert len(merged) == len(fitted) == len(again)
-    for k in range(4):
-        assert np.allclose(merged[f"head_p{k}_fit"], merged[f"head_p{k}_predict"], atol=1e-4)
-    assert (merged["head_pred_fit"] == merged["head_pred_predict"]).mean() > 0.95  # near-ties may flip
+    for model in ("head", "logreg", "video"):  # every model of the folder, scored from recomputed features
+        for k in range(4):
+            assert np.allclose(merged[f"{model}_p{k}_fit"], merged[f"{model}_p{k}_predict"], atol=1e-4), model
+        assert (merged[f"{model}_pred_fit"] == merged[f"{model}_pred_predict"]).mean() > 0.95  # near-ties may flip
 
 
 def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):
@@ -96,6 +97,38 @@ def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weig
     assert l1["score"] == regions["pred"].iloc[0] and sum(l1["frames_per_score"]) == l1["frames"]
     assert list(l1["videos"]) == ["patient_9_L1"] and abs(sum(l1["probabilities"]) - 1) < 1e-4
     assert result["agreement"]["regions"] == 2
+    # the default scorer is the folder's primary model: the video-level one, one score per video
+    assert result["model"]["scorer"] == "video" and result["model"]["models"] == ["video", "head", "logreg"]
+    videos = pd.read_csv(out / "videos.csv", dtype={"patient_id": str})
+    per_video = frames.groupby("video_id")["video_pred"].agg(["min", "max"])
+    assert (per_video["min"] == per_video["max"]).all()
+    assert dict(zip(videos["video_id"], videos["pred"], strict=True)) == per_video["min"].to_dict()
+
+
+def test_scorer_head_aggregates_the_paper_heads_frame_scores(tiny_model, data_root, weights_dir, blues_manifest,
+                                                             tmp_path, capsys):
+    manifest = tmp_path / "new.csv"
+    blues_manifest[blues_manifest["video_id"].isin(TEST_VIDEOS)].to_csv(manifest, index=False)
+    common = [str(manifest), "--model", str(tiny_model), "--data-root", str(data_root), "--weights", str(weights_dir),
+              "--no-progress"]
+    assert main([*common, "--scorer", "head", "--out", str(tmp_path / "head")]) == 0
+    frames = pd.read_csv(tmp_path / "head" / "frames.csv", dtype={"patient_id": str})
+    videos = pd.read_csv(tmp_path / "head" / "videos.csv", dtype={"patient_id": str})
+    for video in videos.itertuples():
+        predicted = frames.loc[frames["video_id"] == video.video_id, "head_pred"]
+        counts = np.bincount(predicted, minlength=4)
+        assert video.pred == 3 - int(np.argmax(counts[::-1]))  # most frequent frame score, ties to the higher
+    # a paper-preset folder has no video model to score with
+    paper = tmp_path / "paper_model"
+    paper.mkdir()
+    for name in ("head.keras", "logreg.joblib"):
+        (paper / name).write_bytes((tiny_model / name).read_bytes())
+    info = json.loads((tiny_model / "model.json").read_text())
+    (paper / "model.json").write_text(json.dumps({**info, "models": ["head", "logreg"], "primary": "head"}))
+    assert main([*common[:1], "--model", str(paper), *common[3:], "--scorer", "video", "--out", str(tmp_path / "v")]) == 1
+    assert "holds the model(s) head, logreg" in capsys.readouterr().err
+    assert main([*common[:1], "--model", str(paper), *common[3:], "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["model"]["scorer"] == "head"
 
 
 def test_predict_a_patient_folder_unlabelled(tiny_model, data_root, weights_dir, tmp_path):
@@ -136,9 +169,21 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
     assert "model.json not found" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "head.keras").write_bytes((tiny_model / "head.keras").read_bytes())
     record = json.loads((tiny_model / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps(record))
+    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
+    assert "video.joblib not found: model.json lists the video model" in capsys.readouterr().err
+    for name in ("head.keras", "logreg.joblib", "video.joblib"):
+        (broken / name).write_bytes((tiny_model / name).read_bytes())
+    (broken / "video.joblib").write_bytes(b"not a pickle")
+    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
+    assert "video.joblib: not a loadable model file" in capsys.readouterr().err
+    (broken / "video.joblib").write_bytes((tiny_model / "video.joblib").read_bytes())
     record["extraction"]["feature_dim"] = 1024
+    (broken / "model.json").write_text(json.dumps(record))
+    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
+    assert "fitted on 256 features, but model.json records 1024" in capsys.readouterr().err
+    record["models"], record["primary"] = ["head"], "head"  # as a folder from before presets: the head alone
     (broken / "model.json").write_text(json.dumps(record))
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
     assert "maps 256 features to 4 classes, but model.json records 1024 features" in capsys.readouterr().err

@@ -96,3 +96,17 @@ def test_agreement_kappa():
 def test_wrong_shape_is_rejected():
     with pytest.raises(ValueError):
         classification_metrics(Y_TRUE, np.ones((6, 3)))
+
+
+def test_evaluate_with_a_models_own_scores() -> None:
+    # A video-level ordinal model reads its score by the median rule, not the argmax: metrics follow its scores,
+    # the video's score is its frames' one, and ROC-AUC still comes from the probabilities.
+    frames = pd.DataFrame({"patient_id": ["1"] * 4, "video_id": ["a", "a", "b", "b"], "score": [0, 0, 2, 2]})
+    probabilities = np.array([[0.4, 0.3, 0.2, 0.1]] * 2 + [[0.1, 0.3, 0.35, 0.25]] * 2)
+    by_argmax = evaluate(frames, probabilities)
+    own = evaluate(frames, probabilities, predicted=[1, 1, 2, 2])
+    assert by_argmax["accuracy"] == 1.0 and own["accuracy"] == 0.5
+    assert own["video"]["accuracy"] == 0.5 and own["video"]["confusion_matrix"][0][1] == 1
+    assert own["roc_auc_macro"] == by_argmax["roc_auc_macro"]
+    with pytest.raises(ValueError, match="one score 0..3 per frame"):
+        evaluate(frames, probabilities, predicted=[1, 1, 2])

@@ -55,3 +55,30 @@ def test_copies_give_extra_training_videos_and_videos_are_required() -> None:
         VideoPoolingClassifier().fit(X, y)
     with pytest.raises(ValueError, match="video id per frame"):
         model.predict_proba(X, videos[:-1])
+
+
+def test_C_is_chosen_by_inner_patient_folds_of_the_training_videos() -> None:
+    X, y, videos = synthetic_videos(n_videos=60)
+    patients = np.repeat([f"p{i // 3}" for i in range(60)], 10)  # 20 patients of 3 videos each
+    Cs = (1e-6, 0.01, 1.0)
+    model = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(), pooling=("mean",), Cs=Cs,
+                                   random_state=0).fit(X, y, videos=videos, groups=patients)
+    assert set(model.inner_qwk_) == {str(c) for c in Cs}
+    assert model.C_ == max(Cs, key=lambda c: (model.inner_qwk_[str(c)], -c))
+    assert model.estimator_.C == model.C_
+    # so strong a penalty learns nothing, and the inner split says so
+    assert model.inner_qwk_["1e-06"] < model.inner_qwk_["1.0"] and model.C_ != 1e-6
+    again = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(), pooling=("mean",), Cs=Cs,
+                                   random_state=0).fit(X, y, videos=videos, groups=patients)
+    assert again.inner_qwk_ == model.inner_qwk_  # reproducible from the seed
+
+
+def test_choosing_C_needs_patients_and_falls_back_with_one_patient() -> None:
+    X, y, videos = synthetic_videos(n_videos=12)
+    model = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(C=0.5), Cs=(0.01, 0.1))
+    with pytest.raises(ValueError, match="needs groups"):
+        model.fit(X, y, videos=videos)
+    with pytest.raises(ValueError, match="shared by several patients"):
+        model.fit(X, y, videos=np.repeat("same", len(y)), groups=np.tile(["a", "b"], len(y) // 2))
+    single = model.fit(X, y, videos=videos, groups=np.repeat("only", len(y)))
+    assert single.C_ == 0.5 and single.inner_qwk_ == {}

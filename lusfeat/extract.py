@@ -2,6 +2,10 @@
 
     python -m lusfeat.extract [--manifest data_manifest.csv] [--backbone xception,vgg16]
         [--weights imagenet|none|FILE|DIR] [--augment-copies 2] [--frame-step 1] [--out features/]
+        [--tap NAME]
+
+With ``--tap NAME`` it stores the backbone's intermediate activation map NAME (float16 by
+default) in ``OUT/<backbone>-<tap>.h5`` instead of pooled features, for ``lusfeat.finetune``.
 
 Decoding and augmentation run in a background thread that stays a bounded number of blocks
 ahead of the network, so memory is flat in the number of frames and the CPU cores stay busy.
@@ -29,8 +33,10 @@ from lusfeat.backbones import (
     BackboneSpec,
     WeightsSource,
     build_feature_extractor,
+    build_tap_extractor,
     fetch_weights,
     get_spec,
+    get_tap,
     resolve_weights,
 )
 from lusfeat.errors import LusfeatError
@@ -185,17 +191,19 @@ def write_features(
     block: int = CHUNK_FRAMES,
     overwrite: bool = False,
     progress: bool = True,
+    item_shape: tuple[int, ...] | None = None,
 ) -> ExtractionSummary:
     """Write (or resume, or confirm) one feature file: frames -> images -> ``embed`` -> HDF5.
 
     ``make_embed()`` is called only when there is work to do; its result maps uint8 images
-    ``(n, size, size, 3)`` to features ``(n, dim)``. Shared by backbones, lung crops and the
+    ``(n, size, size, 3)`` to features ``(n, dim)`` (or, for a tap file, maps ``(n, *item_shape)``). Shared by backbones, lung crops and the
     hand-made LUS signal, so all get the same resume, prefetch and progress behaviour.
     """
     from tqdm.auto import tqdm
 
     params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
-    with FeatureWriter(out_path, config, frames, overwrite=overwrite, weights_source=weights_source) as writer:
+    with FeatureWriter(out_path, config, frames, overwrite=overwrite, weights_source=weights_source,
+                       item_shape=item_shape) as writer:
         start = writer.frames_done
         if writer.complete:
             return ExtractionSummary(name, out_path, len(frames), config.copies, 0.0, 0,
@@ -210,7 +218,7 @@ def write_features(
             for position, images in blocks:
                 n, copies = images.shape[:2]
                 features = np.asarray(embed(images.reshape(n * copies, *images.shape[2:])))
-                features = features.reshape(n, copies, -1).transpose(1, 0, 2)
+                features = features.reshape(n, copies, *features.shape[1:]).swapaxes(0, 1)
                 writer.write(position, features.astype(config.dtype, copy=False))
                 bar.update(n)
         seconds = time.perf_counter() - began
@@ -231,26 +239,39 @@ def extract_backbone(
     progress: bool = True,
     transform: FrameTransform | None = None,
 ) -> ExtractionSummary:
-    """Write (or resume, or confirm) the feature file of one backbone."""
+    """Write (or resume, or confirm) the feature file of one backbone (its tap maps if ``config.tap``)."""
+    # Whole network batches per block, so that only the very last batch is padded.
+    block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
+    if config.tap:
+        # Built now: the file's map shape comes from the network (a few seconds, against minutes of maps).
+        model = build_tap_extractor(spec, source, config.tap, config.input_size, config.precision)
+        return write_features(frames, config, out_path, lambda: Embedder(model, batch_size),
+                              name=f"{spec.name}-{config.tap}", weights_source=source.description,
+                              transform=transform, block=block, overwrite=overwrite, progress=progress,
+                              item_shape=tuple(model.output_shape[1:]))
 
     def make_embed() -> Embedder:
         return Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
 
-    # Whole network batches per block, so that only the very last batch is padded.
-    block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
     return write_features(frames, config, out_path, make_embed, name=spec.name, weights_source=source.description,
                           transform=transform, block=block, overwrite=overwrite, progress=progress)
 
 
 def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | None, dtype: str,
                 augment_copies: int, params: AugmentParams, seed: int, frame_step: int,
-                manifest_sha256: str, precision: str = "float32") -> ExtractionConfig:
-    return ExtractionConfig(
-        backbone=spec.name, weights=source.identity, input_size=input_size or spec.input_size,
-        feature_dim=spec.feature_dim, dtype=dtype, copies=augment_copies + 1,
-        aug_rotation=params.rotation, aug_shift=params.shift, aug_zoom=params.zoom, aug_flip=params.flip,
-        seed=seed, frame_step=frame_step, manifest_sha256=manifest_sha256, precision=precision,
-    )
+                manifest_sha256: str, precision: str = "float32", tap: str = "") -> ExtractionConfig:
+    extra = {"tap": tap, "pooling": "none", "feature_dim": get_tap(spec, tap).channels} if tap else {}
+    return ExtractionConfig(**{
+        "backbone": spec.name, "weights": source.identity, "input_size": input_size or spec.input_size,
+        "feature_dim": spec.feature_dim, "dtype": dtype, "copies": augment_copies + 1,
+        "aug_rotation": params.rotation, "aug_shift": params.shift, "aug_zoom": params.zoom, "aug_flip": params.flip,
+        "seed": seed, "frame_step": frame_step, "manifest_sha256": manifest_sha256, "precision": precision, **extra,
+    })
+
+
+def output_path(out: Path, spec: BackboneSpec, tap: str = "") -> Path:
+    """``OUT/<backbone>.h5`` for pooled features, ``OUT/<backbone>-<tap>.h5`` for a tap's maps."""
+    return out / (f"{spec.name}-{tap}.h5" if tap else f"{spec.name}.h5")
 
 
 def add_frame_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--input-size", type=int, default=None, help="pixels, square (default: the backbone's native)")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature type")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default=None,
+                        help="stored type (default: float32 for pooled features, float16 for --tap maps)")
+    parser.add_argument("--tap", default="", metavar="NAME",
+                        help="store the intermediate activation map NAME instead of pooled features, in "
+                        "OUT/<backbone>-<tap>.h5, for lusfeat.finetune (xception: middle = middle-flow output, "
+                        "19x19x728 at 299 px; block13 = block13 output, 10x10x1024)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="backbone compute type; bfloat16 is 1.3-2x faster on CPUs with AVX-512 BF16, features "
                         "within cosine 0.999 of float32 for xception/vgg16 (default: %(default)s)")
@@ -303,17 +329,21 @@ def main(argv: list[str] | None = None) -> int:
         manifest_sha = file_sha256(args.manifest)
         # Resolve every backbone's weights first: a missing file is said at once, not after hours.
         jobs = []
+        dtype = args.dtype or ("float16" if args.tap else "float32")
         for spec in specs:
             try:
+                if args.tap:
+                    get_tap(spec, args.tap)
                 source = resolve_weights(spec, args.weights)
                 fetch_weights(spec, source, args.input_size)
             except LusfeatError as error:
                 failures.append(str(error))
                 print(f"error: {error}", file=sys.stderr)
                 continue
-            config = make_config(spec, source, input_size=args.input_size, dtype=args.dtype,
+            config = make_config(spec, source, input_size=args.input_size, dtype=dtype,
                                  augment_copies=args.augment_copies, params=params, seed=args.seed,
-                                 frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=args.precision)
+                                 frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=args.precision,
+                                 tap=args.tap)
             jobs.append((spec, source, config))
         log.info("%d frames from %d files of %d patients; %d copies each",
                  len(frames), len(manifest), manifest["patient_id"].nunique(), args.augment_copies + 1)
@@ -323,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     for spec, source, config in jobs:
         try:
-            summary = extract_backbone(frames, spec, source, config, out / f"{spec.name}.h5",
+            summary = extract_backbone(frames, spec, source, config, output_path(out, spec, config.tap),
                                        batch_size=args.batch_size, overwrite=args.overwrite,
                                        progress=not args.no_progress)
             print(summary.line())

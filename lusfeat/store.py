@@ -8,6 +8,11 @@ Layout of ``OUT/<backbone>.h5``:
   chunked along frames;
 - ``frames/<column>``: the per-frame table (:data:`FRAME_COLUMNS`), one entry per frame.
 
+A tap file ``OUT/<backbone>-<tap>.h5`` (``python -m lusfeat.extract --tap NAME``) has the same
+attrs (``tap`` set, ``pooling`` "none") and frame table, and instead of ``features`` holds
+``maps``: ``(copies, frames, h, w, c)`` intermediate activation maps, one chunk per copy and
+frame, read with :func:`load_maps`.
+
 While being written the file is ``<backbone>.h5.partial``; only a complete file is renamed to
 its final name, so a reader never mistakes a half-written file for a finished one. A partial
 file whose settings match the request is resumed at ``frames_done``; one that does not match
@@ -42,6 +47,7 @@ FRAME_COLUMNS = {
     "group": str,
 }
 CHUNK_FRAMES = 64
+FEATURES, MAPS = "features", "maps"  # the data set of a pooled file, of a tap file
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ExtractionConfig:
     manifest_sha256: str
     pooling: str = "avg"
     precision: str = "float32"  # the backbone's compute type: "float32" or "bfloat16"
+    tap: str = ""  # "" for pooled features, else the intermediate map stored (lusfeat.backbones TapSpec)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -146,8 +153,11 @@ class FeatureWriter:
     """
 
     def __init__(self, path: str | os.PathLike, config: ExtractionConfig, frames: pd.DataFrame,
-                 *, overwrite: bool = False, weights_source: str = "") -> None:
+                 *, overwrite: bool = False, weights_source: str = "", item_shape: tuple[int, ...] | None = None) -> None:
         self.path = Path(path)
+        # One frame's stored value: (feature_dim,) pooled, or a tap's (h, w, c) map.
+        self.item_shape = tuple(item_shape) if item_shape is not None else (config.feature_dim,)
+        self.dataset = MAPS if config.tap else FEATURES
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.config = config
         self.frames_done = 0
@@ -170,6 +180,9 @@ class FeatureWriter:
             else:
                 try:
                     self._refuse_if_different(self.partial, handle, frames)
+                    if self.config.tap and handle[MAPS].shape[2:] != self.item_shape:
+                        raise LusfeatError(f"{self.partial}: maps of shape {handle[MAPS].shape[2:]}, "
+                                           f"not {self.item_shape}; pass --overwrite to start again")
                 except LusfeatError:
                     handle.close()
                     if not overwrite:
@@ -195,6 +208,8 @@ class FeatureWriter:
     def _create(self, frames: pd.DataFrame, weights_source: str) -> h5py.File:
         handle = h5py.File(self.partial, "w")
         for key, value in dataclasses.asdict(self.config).items():
+            if key == "tap" and not value:
+                continue  # pooled files keep exactly the attrs they had before taps existed
             handle.attrs[key] = value
         handle.attrs["weights_source"] = weights_source
         handle.attrs["versions"] = json.dumps(package_versions())
@@ -202,9 +217,15 @@ class FeatureWriter:
         handle.attrs["frames_done"] = 0
         handle.attrs["complete"] = False
         n = len(frames)
-        shape = (self.config.copies, n, self.config.feature_dim)
-        chunks = (self.config.copies, max(1, min(CHUNK_FRAMES, n)), self.config.feature_dim)
-        handle.create_dataset("features", shape=shape, dtype=self.config.dtype, chunks=chunks)
+        if self.config.tap:
+            # One chunk per copy and frame (0.5 MB for Xception's middle flow): training reads
+            # random frames and copies, never a run of neighbours.
+            shape, chunks = (self.config.copies, n, *self.item_shape), (1, 1, *self.item_shape)
+            handle.create_dataset(MAPS, shape=shape, dtype=self.config.dtype, chunks=chunks)
+        else:
+            shape = (self.config.copies, n, self.config.feature_dim)
+            chunks = (self.config.copies, max(1, min(CHUNK_FRAMES, n)), self.config.feature_dim)
+            handle.create_dataset("features", shape=shape, dtype=self.config.dtype, chunks=chunks)
         _write_frames(handle.create_group("frames"), frames)
         handle.flush()
         return handle
@@ -214,7 +235,7 @@ class FeatureWriter:
         if start != self.frames_done:
             raise ValueError(f"write at {start}, expected {self.frames_done}")
         stop = start + features.shape[1]
-        self._file["features"][:, start:stop, :] = features
+        self._file[self.dataset][:, start:stop] = features
         # The counter moves only after the data is in: a kill between the two recomputes a block.
         self._file.attrs["frames_done"] = stop
         self._file.flush()
@@ -223,7 +244,7 @@ class FeatureWriter:
     def finish(self) -> Path:
         if self.complete:
             return self.path
-        if self.frames_done != self._file["features"].shape[1]:
+        if self.frames_done != self._file[self.dataset].shape[1]:
             raise ValueError("finish() before every frame was written")
         self._file.attrs["complete"] = True
         self._file.close()
@@ -269,8 +290,47 @@ def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtyp
         if not handle.attrs.get("complete", False):
             raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
         config = read_config(handle)
+        if config.tap:
+            raise LusfeatError(f"{path} holds {config.backbone}'s {config.tap!r} activation maps, not pooled features: "
+                               "it is for lusfeat.finetune (lusfeat.store.load_maps); pass a <backbone>.h5 file here")
         frames = _read_frames(handle["frames"])
         data = handle["features"]
         features = (data[:] if copies is None else data[sorted(copies)]).astype(dtype, copy=False)
         attrs = {key: (value.item() if isinstance(value, np.generic) else value) for key, value in handle.attrs.items()}
     return FeatureSet(Path(path), config, frames, features, attrs)
+
+
+@dataclass
+class MapSet:
+    """A tap file in memory: its config, per-frame table and ``maps[copy, frame, h, w, c]``."""
+
+    path: Path
+    config: ExtractionConfig
+    frames: pd.DataFrame
+    maps: np.ndarray
+    attrs: dict[str, Any]
+
+
+def load_maps(path: str | os.PathLike, copies: list[int] | None = None, tap: str | None = None) -> MapSet:
+    """Read a complete tap file (all copies, or those listed) into memory, in its stored dtype.
+
+    ``tap``, when given, must be the one the file was made with: maps of another layer would
+    not fit the top block rebuilt for ``tap``.
+    """
+    with _open_for_reading(path) as handle:
+        if not handle.attrs.get("complete", False):
+            raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
+        config = read_config(handle)
+        if not config.tap:
+            raise LusfeatError(f"{path} holds pooled features, not activation maps; make maps with "
+                               "python -m lusfeat.extract --tap NAME")
+        if tap is not None and config.tap != tap:
+            raise LusfeatError(f"{path} holds the {config.tap!r} tap, not {tap!r}: use --tap {config.tap} or "
+                               f"extract the {tap!r} maps with python -m lusfeat.extract --tap {tap}")
+        frames = _read_frames(handle["frames"])
+        data = handle[MAPS]
+        if copies is not None and not set(copies) <= set(range(data.shape[0])):
+            raise LusfeatError(f"{path}: copies {sorted(copies)} asked for, the file holds 0..{data.shape[0] - 1}")
+        maps = data[:] if copies is None else np.stack([data[copy] for copy in sorted(copies)])
+        attrs = {key: (value.item() if isinstance(value, np.generic) else value) for key, value in handle.attrs.items()}
+    return MapSet(Path(path), config, frames, maps, attrs)

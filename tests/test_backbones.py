@@ -102,3 +102,15 @@ def test_bfloat16_features_are_close_to_float32(data_root, weights_dir):
     assert cosine.min() > 0.9 and not np.array_equal(full, half)
     with pytest.raises(LusfeatError, match="precision 'int8' unknown"):
         build_feature_extractor(spec, source, precision="int8")
+
+
+def test_tap_registry_and_unknown_tap():
+    from lusfeat.backbones import get_tap
+
+    xception = get_spec("xception")
+    assert list(xception.taps) == ["middle", "block13"]
+    assert get_tap(xception, "middle").channels == 728 and get_tap(xception, "block13").layer == "block14_sepconv1"
+    with pytest.raises(LusfeatError, match="known taps of xception: middle, block13"):
+        get_tap(xception, "block4")
+    with pytest.raises(LusfeatError, match="known taps of vgg16: none"):
+        get_tap(get_spec("vgg16"), "middle")

@@ -111,3 +111,40 @@ def test_records_without_later_optional_fields_still_read():
     del record["seed"]
     with pytest.raises(LusfeatError, match="old.h5: not a lusfeat feature record \\(seed missing\\)"):
         ExtractionConfig.from_record(record, "old.h5")
+
+
+def test_tap_maps_round_trip_resume_and_mismatch(tmp_path):
+    from lusfeat.store import load_maps
+
+    path = tmp_path / "xception-block13.h5"
+    config = _config(tap="block13", pooling="none", feature_dim=3, dtype="float16")
+    maps = np.random.default_rng(0).normal(size=(2, 150, 2, 2, 3)).astype(np.float16)
+    with FeatureWriter(path, config, _frames(), item_shape=(2, 2, 3)) as writer:
+        writer.write(0, maps[:, :64])
+    with FeatureWriter(path, config, _frames(), item_shape=(2, 2, 3)) as writer:
+        assert writer.frames_done == 64
+        writer.write(64, maps[:, 64:])
+        writer.finish()
+    loaded = load_maps(path, tap="block13")
+    np.testing.assert_array_equal(loaded.maps, maps)
+    assert loaded.maps.dtype == np.float16 and loaded.config == config
+    np.testing.assert_array_equal(load_maps(path, copies=[1]).maps, maps[1:])
+    with h5py.File(path) as handle:
+        assert "features" not in handle and handle["maps"].chunks == (1, 1, 2, 2, 3)
+        assert handle.attrs["tap"] == "block13"
+    with pytest.raises(LusfeatError, match="tap: 'block13' vs 'middle'"):
+        FeatureWriter(path, _config(tap="middle", pooling="none", feature_dim=3, dtype="float16"), _frames())
+    with pytest.raises(LusfeatError, match="holds the 'block13' tap, not 'middle'"):
+        load_maps(path, tap="middle")
+    with pytest.raises(LusfeatError, match="activation maps, not pooled features"):
+        load_features(path)
+
+
+def test_pooled_files_carry_no_tap_attribute(tmp_path):
+    path = tmp_path / "f.h5"
+    with FeatureWriter(path, _config(), _frames()) as writer:
+        writer.write(0, _features())
+        writer.finish()
+    with h5py.File(path) as handle:
+        assert "tap" not in handle.attrs  # as before taps existed
+    assert read_config(path).tap == ""

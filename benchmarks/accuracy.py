@@ -21,6 +21,9 @@ seeds:
 - patient level: mean absolute error of the global score (region score = most frequent frame
   score, ties to the higher; global = sum over the patient's regions; ``lusfeat.aggregate``).
 
+``<backbone>/fit-default`` runs ``lusfeat.fit``'s default model (``--preset video``) by its own
+code, with its own inner choice of C: it must score what the ``video-ordinal+balanced`` row scores.
+
 The ``*-leaky`` rows repeat a method with a frame-level random split (a patient's frames on both
 sides): not a result, a warning of what a frame-level split fakes.
 
@@ -109,7 +112,7 @@ class Method:
     description: str
     features: tuple[str, ...]
     make: Callable[[int, float | None], Any]
-    level: str = "frame"  # "video": the estimator takes videos= and answers per frame
+    level: str = "frame"  # "video": the estimator takes videos= and answers per frame; "fit": lusfeat.fit's own model
     decision: str = "argmax"  # "argmax" | "expected" | "median" | "model" (the estimator's predict)
     nested_c: tuple[float, ...] = ()
     leaky: bool = False
@@ -142,6 +145,12 @@ def _video(inner: Callable[..., Any], **inner_kwargs: Any) -> Callable[[int, flo
         return VideoPoolingClassifier(estimator=inner(seed, c, **inner_kwargs), random_state=seed)
 
     return make
+
+
+def _fit_default(seed: int, _c: float | None = None):
+    from lusfeat.fit import FitParams
+
+    return FitParams(seed=seed).video_model()
 
 
 def _balanced_paper(seed: int, _c: float | None = None):
@@ -189,6 +198,8 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
                _video(_ordinal), level="video", decision="model", nested_c=nested_c),
         Method(f"{bb}/video-ordinal+balanced", "(a)+(b)+(d) the same with balanced class weights", feats,
                _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
+        Method(f"{bb}/fit-default", "lusfeat.fit's default model (--preset video) itself: video-ordinal+balanced "
+               "with its own inner choice of C", feats, _fit_default, level="fit", decision="model"),
     ]
     if signal:
         sig = ("lus_signal",)
@@ -253,10 +264,17 @@ class PooledVideos:
 
 
 def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, train: np.ndarray,
-                test: np.ndarray, seed: int, c: float | None,
-                pooled: PooledVideos | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train``."""
+                test: np.ndarray, seed: int, c: float | None, pooled: PooledVideos | None = None,
+                frames: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train`` (``frames``: the table)."""
     model = method.make(seed, c)
+    if method.level == "fit":
+        from lusfeat.fit import video_keys
+
+        keys = video_keys(frames)
+        model.fit(X[:, train], y[train], videos=keys[train], groups=frames["patient_id"].to_numpy()[train],
+                  strata=frames["group"].to_numpy()[train])
+        return model.predict_proba(X[0, test], keys[test]), model.predict(X[0, test], keys[test])
     if method.level == "video":
         if pooled is None:
             pooled = PooledVideos.build(X, y, videos, tuple(model.pooling))
@@ -366,7 +384,8 @@ def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> di
             if method.nested_c:
                 c, inner = choose_c(method, X, y, videos, frames, train, seed, pooled)
                 chosen.append({"seed": seed, "fold": fold, "C": c, "inner_video_qwk": inner})
-            probabilities[test], predicted[test] = fit_predict(method, X, y, videos, train, test, seed, c, pooled)
+            probabilities[test], predicted[test] = fit_predict(method, X, y, videos, train, test, seed, c, pooled,
+                                                               frames=frames)
         per_seed.append({"seed": seed, **score(frames, probabilities, predicted)})
         print(f"  {method.name} seed {seed}: " + ", ".join(f"{k} {per_seed[-1][k]:.3f}" for k in METRICS),
               file=sys.stderr, flush=True)

@@ -98,3 +98,15 @@ def test_unknown_method_and_missing_file_are_clear_errors(synthetic_features: Pa
     assert "no method matches" in capsys.readouterr().err
     assert accuracy.main(["--features", str(tmp_path / "empty"), "--methods", "xception/paper"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_fit_default_is_the_benchmarked_video_ordinal_model(synthetic_features: Path, tmp_path: Path) -> None:
+    # lusfeat.fit's default model, run by its own code, scores what the benchmark's row of it scored.
+    out = tmp_path / "default.json"
+    assert accuracy.main(["--features", str(synthetic_features), "--seeds", "0,1", "--methods",
+                          "xception/video-ordinal+balanced,xception/fit-default", "--out", str(out)]) == 0
+    benchmarked, product = json.loads(out.read_text())["results"]
+    assert product["name"] == "xception/fit-default" and product["level"] == "fit"
+    for mine, theirs in zip(product["per_seed"], benchmarked["per_seed"], strict=True):
+        for metric in (*accuracy.METRICS, "region_qwk"):
+            assert mine[metric] == pytest.approx(theirs[metric], abs=1e-9), metric

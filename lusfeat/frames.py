@@ -34,8 +34,8 @@ def probe_media(path: str | os.PathLike) -> str:
             for _ in container.decode(video=0):
                 return ""
             return "no frame decodes"
-    except LusfeatError as error:
-        return str(error).split(": ", 1)[-1]
+    except LusfeatError as error:  # the reason alone: the caller names the file and what to do
+        return str(error).split(": ", 1)[-1].removesuffix("; replace or remove the file")
     except av.error.FFmpegError as error:
         return f"decoding fails: {error}"
 

@@ -102,17 +102,24 @@ def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | None, out: Path) -> pd.DataFrame:
-    """The validated manifest of INPUT (a CSV, or a folder turned into ``OUT/input_manifest.csv``)."""
+def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(validated manifest, the manifest made of a folder or None)`` of INPUT, a CSV or a folder.
+
+    A folder's manifest is validated from a temporary file; ``predict`` writes it to
+    ``OUT/input_manifest.csv`` with its results only, so a run that stops early leaves OUT as it was.
+    """
     path = Path(input_path)
     if path.is_dir():
         table = folder_manifest(path)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest_path = out / "input_manifest.csv"
-        table.to_csv(manifest_path, index=False)
-        return read_manifest(manifest_path, path, require_scores=False)
+        with tempfile.TemporaryDirectory() as scratch:
+            manifest_path = Path(scratch) / "input_manifest.csv"
+            table.to_csv(manifest_path, index=False)
+            try:
+                return read_manifest(manifest_path, path, require_scores=False), table
+            except LusfeatError as error:  # name the user's folder, not the scratch file
+                raise LusfeatError(str(error).replace(str(manifest_path), f"{path} (read as a manifest)")) from None
     if path.is_file():
-        return read_manifest(path, data_root, require_scores=False)
+        return read_manifest(path, data_root, require_scores=False), None
     raise LusfeatError(f"input {path} not found: pass a manifest CSV or a folder of one patient's videos or images")
 
 
@@ -353,7 +360,7 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     step = model.extraction.frame_step if frame_step is None else frame_step
     if step < 1:
         raise LusfeatError("--frame-step must be >= 1")
-    manifest = read_input(input_path, data_root, out)
+    manifest, made_manifest = read_input(input_path, data_root)
     frames = plan_frames(manifest, step)
     log.info("%d frames (every %d) from %d files of %d patient(s)", len(frames), step, len(manifest),
              manifest["patient_id"].nunique())
@@ -377,6 +384,8 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
         "patients": nested_result(videos, regions, patients),
     }
     out.mkdir(parents=True, exist_ok=True)
+    if made_manifest is not None:
+        _write(out / "input_manifest.csv", made_manifest.to_csv(index=False))
     for name, frame in (("frames", table), ("videos", videos), ("regions", regions), ("patients", patients)):
         _write(out / f"{name}.csv", frame.to_csv(index=False))
     _write(out / "predictions.json", json.dumps(_clean(result), indent=2) + "\n")

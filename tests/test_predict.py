@@ -197,3 +197,15 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
     (broken / "model.json").write_text(json.dumps(record))
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
     assert "trained on 'lus_signal' features, which lusfeat.predict cannot compute" in capsys.readouterr().err
+
+
+def test_a_folder_that_fails_leaves_out_untouched(tiny_model, weights_dir, tmp_path, capsys):
+    folder = tmp_path / "patient_y"
+    folder.mkdir()
+    (folder / "L1.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_model), str(folder), "--weights", str(weights_dir), "--out", str(out),
+                 "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert "L1.mp4" in error and "tmp" not in error.replace(str(tmp_path), "")
+    assert not out.exists()

@@ -112,7 +112,7 @@ class Method:
     description: str
     features: tuple[str, ...]
     make: Callable[[int, float | None], Any]
-    level: str = "frame"  # "video": the estimator takes videos= and answers per frame; "fit": lusfeat.fit's own model
+    level: str = "frame"  # "video": pooled rows; "attention" / "fit": the estimator takes each video's frames
     decision: str = "argmax"  # "argmax" | "expected" | "median" | "model" (the estimator's predict)
     nested_c: tuple[float, ...] = ()
     leaky: bool = False
@@ -151,6 +151,12 @@ def _fit_default(seed: int, _c: float | None = None):
     from lusfeat.fit import FitParams
 
     return FitParams(seed=seed).video_model()
+
+
+def _attention(seed: int, _c: float | None = None):
+    from lusfeat.video_head import AttentionVideoClassifier
+
+    return AttentionVideoClassifier(random_state=seed)
 
 
 def _balanced_paper(seed: int, _c: float | None = None):
@@ -198,6 +204,9 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
                _video(_ordinal), level="video", decision="model", nested_c=nested_c),
         Method(f"{bb}/video-ordinal+balanced", "(a)+(b)+(d) the same with balanced class weights", feats,
                _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
+        Method(f"{bb}/video-attention", "(a) video level: attention pooling over frames (hidden 64, attention 32, "
+               "dropout 0.5, AdamW 1e-3 wd 1e-3, 40 epochs, batch 16, balanced), argmax", feats, _attention,
+               level="attention"),
         Method(f"{bb}/fit-default", "lusfeat.fit's default model (--preset video) itself: video-ordinal+balanced "
                "with its own inner choice of C", feats, _fit_default, level="fit", decision="model"),
     ]
@@ -268,12 +277,12 @@ def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray
                 frames: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train`` (``frames``: the table)."""
     model = method.make(seed, c)
-    if method.level == "fit":
+    if method.level in ("fit", "attention"):  # estimators that take the frames of each video themselves
         from lusfeat.fit import video_keys
 
         keys = video_keys(frames)
-        model.fit(X[:, train], y[train], videos=keys[train], groups=frames["patient_id"].to_numpy()[train],
-                  strata=frames["group"].to_numpy()[train])
+        patients = {"groups": frames["patient_id"].to_numpy()[train], "strata": frames["group"].to_numpy()[train]}
+        model.fit(X[:, train], y[train], videos=keys[train], **(patients if method.level == "fit" else {}))
         return model.predict_proba(X[0, test], keys[test]), model.predict(X[0, test], keys[test])
     if method.level == "video":
         if pooled is None:

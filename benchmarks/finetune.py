@@ -63,6 +63,18 @@ def splits_for(frames, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return [split_frames(frames, folds, fold) for fold in range(1, n_folds + 1)]
 
 
+def consistency(args: argparse.Namespace, X: np.ndarray, pooled: np.ndarray, tap: str, frames: int = 64) -> dict[str, Any]:
+    """The untrained ImageNet block on the first cached maps against the pooled file: the maps are the right ones."""
+    from lusfeat.finetune import pooled_top_features
+
+    ours = pooled_top_features(make_model(args, tap, 0).build_block(), X[0, :frames], args.batch_size)
+    difference = np.abs(ours - pooled[0, :frames])
+    print(f"  frozen block on {frames} cached maps vs pooled features: max |diff| {difference.max():.2e}",
+          file=sys.stderr, flush=True)
+    return {"frames": frames, "max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()),
+            "feature_mean_abs": float(np.abs(pooled[0, :frames]).mean())}
+
+
 def probe(args: argparse.Namespace, X: np.ndarray, y: np.ndarray, frames, tap: str) -> dict[str, Any]:
     """Seconds of one epoch on ``args.probe`` training maps, and the full run extrapolated from it."""
     train, test = splits_for(frames, args.folds, 0)[0]
@@ -226,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{method.name} ...", file=sys.stderr, flush=True)
         baseline = run_method(method, data, args.seed_list, args.folds)
         record["results"].append(baseline)
-        record["pooled"] = {"path": str(pooled), **data.sources[pooled.stem]}
+        record["pooled"] = {"path": str(pooled), **data.sources[pooled.stem],
+                            "check": consistency(args, X, data.blocks[pooled.stem], config.tap)}
     result = run(args, X, y, frames, config.tap, record, out)
     if baseline is not None:
         result["versus_paper"] = wins_over(result, baseline)

@@ -26,6 +26,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from lusfeat.head import LABELS, as_copies, check_scores, evaluation_copy
 
@@ -127,7 +128,10 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
             grad = np.concatenate([grad_w, [tail[0]], tail[1:] * np.exp(log_gaps)])
             return loss, grad
 
-        result = minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
+        # One BLAS thread: the products are skinny (n x dim times dim), and on a busy 2-core machine
+        # OpenBLAS threads waited far more than they computed (as for lusfeat.head.LogisticCheck).
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
         params = result.x
         self.coef_ = params[:dim]
         self.thresholds_ = params[dim] + np.concatenate([[0.0], np.cumsum(np.exp(params[dim + 1:]))])

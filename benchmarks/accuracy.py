@@ -183,6 +183,8 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
                    feats, _logreg, group="baseline"),
             Method(f"{bb}/logreg-leaky", "the cross-check under a frame-level random split (LEAKY)", feats, _logreg,
                    leaky=True, group="leaky"),
+            Method(f"{bb}/fit-default", "lusfeat.fit's default model (--preset video) itself: video-ordinal+balanced "
+                   "with its own inner choice of C", feats, _fit_default, level="fit", decision="model"),
         ]
     bb = backbones[0]
     feats = (bb,)
@@ -207,8 +209,6 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
         Method(f"{bb}/video-attention", "(a) video level: attention pooling over frames (hidden 64, attention 32, "
                "dropout 0.5, AdamW 1e-3 wd 1e-3, 40 epochs, batch 16, balanced), argmax", feats, _attention,
                level="attention"),
-        Method(f"{bb}/fit-default", "lusfeat.fit's default model (--preset video) itself: video-ordinal+balanced "
-               "with its own inner choice of C", feats, _fit_default, level="fit", decision="model"),
     ]
     if signal:
         sig = ("lus_signal",)
@@ -484,12 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         print(f"{method.name} ...", file=sys.stderr, flush=True)
         results.append(run_method(method, data, seeds, args.folds))
+    # Each candidate against the paper head on its own backbone's features, else the first backbone's.
     baselines = {result["features"][0]: result for result in results if result["name"].endswith("/paper")}
-    reference = baselines.get(backbones[0])
-    if reference is not None:
-        for result in results:
-            if result["group"] == "candidate":
-                result["versus_paper"] = wins_over(result, reference)
+    for result in results:
+        reference = baselines.get(result["features"][0], baselines.get(backbones[0]))
+        if result["group"] == "candidate" and reference is not None:
+            result["versus_paper"] = wins_over(result, reference)
     frames = data.frames
     record = {
         "benchmark": "accuracy",

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace, X: np.ndarray, y: np.ndarray, frames, tap: str
                   f"train loss {model.history_['loss']}", file=sys.stderr, flush=True)
             save_json(record, out, "finetune")  # a run stopped half-way keeps its finished folds
         result["per_seed"].append({"seed": seed, **score(frames, probabilities, predicted)})
+        save_json(record, out, "finetune")
         print(f"  {name} seed {seed}: " + ", ".join(f"{k} {result['per_seed'][-1][k]:.3f}" for k in METRICS),
               file=sys.stderr, flush=True)
     result["summary"] = summarise(result["per_seed"])

@@ -82,9 +82,28 @@ class Data:
         return np.concatenate([part[:copies] for part in parts], axis=2)
 
 
+PATIENT_CONTEXT = "@patient"  # "<name>@patient": each frame gets the mean of its patient's frames of <name>
+
+
+def patient_means(X: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """``(copies, n, dim)``: for every frame, the mean features (same copy) of all frames of its patient.
+
+    Only the patient's own frames enter, so it is as available for a new patient (all of whose
+    videos are scored together) as for a training one; no other patient leaks in.
+    """
+    codes, _ = pd.factorize(pd.Series(patients).astype(str))
+    counts = np.bincount(codes).astype(np.float64)
+    sums = np.zeros((X.shape[0], len(counts), X.shape[2]))
+    for copy in range(X.shape[0]):
+        np.add.at(sums[copy], codes, X[copy].astype(np.float64))
+    return (sums / counts[None, :, None])[:, codes].astype(np.float32)
+
+
 def load_data(folder: Path, names: list[str]) -> Data:
     from lusfeat.store import load_features
 
+    derived = [name for name in names if name.endswith(PATIENT_CONTEXT)]
+    names = list(dict.fromkeys([*(n for n in names if n not in derived), *(n[: -len(PATIENT_CONTEXT)] for n in derived)]))
     frames, blocks, sources = None, {}, {}
     for name in names:
         feature_set = load_features(folder / f"{name}.h5")
@@ -98,6 +117,8 @@ def load_data(folder: Path, names: list[str]) -> Data:
         sources[name] = {key: feature_set.attrs[key] for key in ("backbone", "weights", "input_size", "feature_dim",
                                                                   "copies", "frame_step", "manifest_sha256")}
         sources[name]["shape"] = list(feature_set.features.shape)
+    for name in derived:
+        blocks[name] = patient_means(blocks[name[: -len(PATIENT_CONTEXT)]], frames["patient_id"].to_numpy())
     return Data(frames.reset_index(drop=True), blocks, sources)
 
 
@@ -205,6 +226,9 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
         Method(f"{bb}/video-ordinal", "(a)+(b) video level: mean+std+max -> ordinal regression, C nested", feats,
                _video(_ordinal), level="video", decision="model", nested_c=nested_c),
         Method(f"{bb}/video-ordinal+balanced", "(a)+(b)+(d) the same with balanced class weights", feats,
+               _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
+        Method(f"{bb}+patient/video-ordinal+balanced", "(a)+(b)+(d) with patient context: each video's pooled "
+               "features beside the mean features of all its patient's frames, C nested", (bb, bb + PATIENT_CONTEXT),
                _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
         Method(f"{bb}/video-attention", "(a) video level: attention pooling over frames (hidden 64, attention 32, "
                "dropout 0.5, AdamW 1e-3 wd 1e-3, 40 epochs, batch 16, balanced), argmax", feats, _attention,

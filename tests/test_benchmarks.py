@@ -61,6 +61,7 @@ def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Pa
     assert code == 0
     cache = json.loads(out_cache.read_text())["stage_two_real_cache"][0]
     assert len(cache["per_fold"]) == 2 and positive(cache["tiled_to_full_size"]["fit_seconds"])
+    assert all(positive(item["video_seconds"]) for item in cache["per_fold"])
 
 
 def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path) -> None:

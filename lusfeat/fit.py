@@ -46,7 +46,7 @@ from lusfeat.folds import load_or_make_folds, split_frames
 from lusfeat.head import LABELS, LogisticCheck, SeverityHead
 from lusfeat.metrics import agreement_kappa, evaluate
 from lusfeat.ordinal import OrdinalLogisticRegression
-from lusfeat.store import ExtractionConfig, FeatureSet, load_features, read_frame_table
+from lusfeat.store import ExtractionConfig, FeatureSet, load_features, read_config, read_frame_table
 from lusfeat.video_head import VideoPoolingClassifier
 
 log = logging.getLogger("lusfeat.fit")
@@ -127,6 +127,9 @@ def _patients(values: Any) -> list[str]:
 def read_labelled_frames(path: Path) -> tuple[ExtractionConfig, pd.DataFrame]:
     """Config and frame table of a complete feature file whose every frame has a 0-3 score."""
     config, frames = read_frame_table(path)
+    if config.tap:
+        raise LusfeatError(f"{path} holds {config.backbone}'s {config.tap!r} activation maps (extract --tap), not pooled "
+                           "features: they are for lusfeat.finetune; pass <backbone>.h5 files to lusfeat.fit")
     unlabelled = ~np.isin(frames["score"].to_numpy(), LABELS)
     if unlabelled.any():
         raise LusfeatError(f"{path}: {int(unlabelled.sum())} frame(s) have no 0-3 score (unlabelled rows of the "
@@ -404,10 +407,15 @@ def _report_warnings(backbone: str, where: str, messages: list[str]) -> None:
 
 
 def resolve_feature_paths(patterns: list[str] | None) -> list[Path]:
-    """The feature files named (globs allowed), or every ``features/*.h5``; one per backbone."""
+    """The feature files named (globs allowed), or every pooled ``features/*.h5``; one per backbone.
+
+    The default leaves out tap files (``extract --tap``: activation maps, not pooled features).
+    """
     paths: list[Path] = []
     for pattern in patterns or [DEFAULT_FEATURES]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not patterns:
+            matches = [match for match in matches if not read_config(match).tap]
         if not matches:
             raise LusfeatError(f"no feature files match {pattern}; make them with python -m lusfeat.extract "
                                "or name them with --features")

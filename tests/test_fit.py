@@ -181,3 +181,25 @@ def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path,
     metrics = json.loads((paper / "mobilenet" / "pooled" / "metrics.json").read_text())
     assert metrics["models"] == ["head", "logreg"] and metrics["primary"] == "head" and "video" not in metrics
     assert json.loads((folder / "model.json").read_text())["primary"] == "head"
+
+
+def test_tap_map_files_are_left_out_by_default_and_refused_when_named(six_patient_features: Path, tmp_path: Path,
+                                                                      monkeypatch, capsys):
+    import dataclasses
+
+    from lusfeat.store import FeatureWriter
+
+    folder = tmp_path / "features"
+    folder.mkdir()
+    shutil.copy(six_patient_features, folder / "mobilenet.h5")
+    pooled = load_features(six_patient_features)
+    config = dataclasses.replace(pooled.config, backbone="xception", tap="middle", pooling="none", feature_dim=3,
+                                 dtype="float16")
+    with FeatureWriter(folder / "xception-middle.h5", config, pooled.frames, item_shape=(2, 2, 3)) as writer:
+        writer.write(0, np.zeros((config.copies, len(pooled.frames), 2, 2, 3), np.float16))
+        writer.finish()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--fold", "1", "--preset", "paper", "--out", "run"]) == 0  # default features/*.h5
+    assert {p.name for p in (tmp_path / "run").iterdir() if p.is_dir()} == {"mobilenet"}
+    assert main(["--fold", "1", "--features", "features/xception-middle.h5", "--out", "run2"]) == 1
+    assert "activation maps (extract --tap), not pooled features" in capsys.readouterr().err

@@ -45,7 +45,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lusfeat.aggregate import CLASSES, RULES, UNLABELLED, agreement, global_scores, region_scores, video_scores
+from lusfeat.aggregate import (
+    CLASSES,
+    RULES,
+    UNLABELLED,
+    agreement,
+    argmax_high,
+    global_scores,
+    region_scores,
+    video_scores,
+)
 from lusfeat.errors import LusfeatError
 from lusfeat.fit import MODEL_FILES, video_keys
 from lusfeat.manifest import MEDIA_SUFFIXES, read_manifest
@@ -259,7 +268,7 @@ def embed_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size:
 
 
 def _argmax_high(probabilities: np.ndarray) -> np.ndarray:
-    return np.array([len(row) - 1 - int(np.argmax(row[::-1])) for row in probabilities], dtype=int)  # ties: higher
+    return np.array([argmax_high(row) for row in probabilities], dtype=int)  # a tie to the higher score
 
 
 def score_features(features: np.ndarray, frames: pd.DataFrame, model: SavedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -234,6 +234,12 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
                "dropout 0.5, AdamW 1e-3 wd 1e-3, 40 epochs, batch 16, balanced), argmax", feats, _attention,
                level="attention"),
     ]
+    if len(backbones) > 1:
+        both = tuple(backbones[:2])
+        methods.append(Method(f"{'+'.join(both)}/video-ordinal+balanced", "(a)+(b)+(d) video level on the first two "
+                              "backbones' features side by side, C nested", both,
+                              _video(_ordinal, class_weight="balanced"), level="video", decision="model",
+                              nested_c=nested_c))
     if signal:
         sig = ("lus_signal",)
         methods += [

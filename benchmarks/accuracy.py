@@ -103,7 +103,7 @@ def load_data(folder: Path, names: list[str]) -> Data:
     from lusfeat.store import load_features
 
     derived = [name for name in names if name.endswith(PATIENT_CONTEXT)]
-    names = list(dict.fromkeys([*(n for n in names if n not in derived), *(n[: -len(PATIENT_CONTEXT)] for n in derived)]))
+    names = list(dict.fromkeys(name.removesuffix(PATIENT_CONTEXT) for name in names))  # the files to read
     frames, blocks, sources = None, {}, {}
     for name in names:
         feature_set = load_features(folder / f"{name}.h5")
@@ -118,7 +118,7 @@ def load_data(folder: Path, names: list[str]) -> Data:
                                                                   "copies", "frame_step", "manifest_sha256")}
         sources[name]["shape"] = list(feature_set.features.shape)
     for name in derived:
-        blocks[name] = patient_means(blocks[name[: -len(PATIENT_CONTEXT)]], frames["patient_id"].to_numpy())
+        blocks[name] = patient_means(blocks[name.removesuffix(PATIENT_CONTEXT)], frames["patient_id"].to_numpy())
     return Data(frames.reset_index(drop=True), blocks, sources)
 
 
@@ -308,12 +308,14 @@ def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray
     """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train`` (``frames``: the table)."""
     model = method.make(seed, c)
     if method.level in ("fit", "attention"):  # estimators that take the frames of each video themselves
-        from lusfeat.fit import video_keys
+        from lusfeat.fit import video_fit_arguments, video_keys
 
-        keys = video_keys(frames)
-        patients = {"groups": frames["patient_id"].to_numpy()[train], "strata": frames["group"].to_numpy()[train]}
-        model.fit(X[:, train], y[train], videos=keys[train], **(patients if method.level == "fit" else {}))
-        return model.predict_proba(X[0, test], keys[test]), model.predict(X[0, test], keys[test])
+        arguments = video_fit_arguments(frames.iloc[train])
+        if method.level == "attention":
+            arguments = {"videos": arguments["videos"]}  # it takes no patients
+        model.fit(X[:, train], y[train], **arguments)
+        keys = video_keys(frames.iloc[test])
+        return model.predict_proba(X[0, test], keys), model.predict(X[0, test], keys)
     if method.level == "video":
         if pooled is None:
             pooled = PooledVideos.build(X, y, videos, tuple(model.pooling))

@@ -244,13 +244,11 @@ def video_model_seconds(features: np.ndarray, frames: pd.DataFrame, train: np.nd
     Its cost follows the number of videos (a row per video and copy), not of frames: pooling is
     a linear pass, so the time on a frame-stepped cache stands for the full-size one too.
     """
-    from lusfeat.fit import FitParams, video_keys
+    from lusfeat.fit import FitParams, video_fit_arguments
 
-    keys = video_keys(frames)
+    rows = frames.iloc[np.flatnonzero(train)]
     began = time.perf_counter()
-    FitParams(seed=seed).video_model().fit(features[:, train], frames["score"].to_numpy()[train], videos=keys[train],
-                                           groups=frames["patient_id"].to_numpy()[train],
-                                           strata=frames["group"].to_numpy()[train])
+    FitParams(seed=seed).video_model().fit(features[:, train], rows["score"].to_numpy(), **video_fit_arguments(rows))
     return time.perf_counter() - began
 
 

@@ -142,6 +142,12 @@ def video_keys(frames: pd.DataFrame) -> np.ndarray:
     return (frames["patient_id"].astype(str) + "/" + frames["video_id"].astype(str)).to_numpy()
 
 
+def video_fit_arguments(frames: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``videos``, ``groups`` (patients) and ``strata`` (groups) of these frames, for ``VideoPoolingClassifier.fit``."""
+    return {"videos": video_keys(frames), "groups": frames["patient_id"].to_numpy(),
+            "strata": frames["group"].to_numpy()}
+
+
 def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitParams) -> FoldResult:
     """Train the preset's models on every fold but ``fold`` (all cached copies); predict ``fold`` (copy 0)."""
     train, test = split_frames(features.frames, folds, fold)
@@ -161,11 +167,8 @@ def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitPa
         with warnings.catch_warnings():
             # Non-convergence is reported in metrics.json (logreg.converged), not as a stray warning.
             warnings.simplefilter("ignore", category=UserWarning)
-            if name == "video":
-                model.fit(X_train, train_scores, videos=videos[train], groups=frames["patient_id"].to_numpy()[train],
-                          strata=frames["group"].to_numpy()[train])
-            else:
-                model.fit(X_train, train_scores)
+            extra = video_fit_arguments(frames.iloc[train]) if name == "video" else {}
+            model.fit(X_train, train_scores, **extra)
         seconds[name] = time.perf_counter() - began
         if name == "video":
             probabilities[name] = model.predict_proba(X_test, videos[test])

@@ -53,10 +53,14 @@ def most_frequent(scores: Iterable[int]) -> int:
     return int(len(counts) - 1 - np.argmax(counts[::-1]))
 
 
-def argmax_high(values: np.ndarray) -> int:
-    """Index of the largest value; a tie goes to the higher index (the more severe score)."""
+def argmax_high(values: np.ndarray) -> int | np.ndarray:
+    """Index of the largest value along the last axis; a tie goes to the higher index (the more severe score).
+
+    An int for one row of values, an array of ints for a ``(n, k)`` table.
+    """
     values = np.asarray(values)
-    return int(len(values) - 1 - np.argmax(values[::-1]))
+    index = values.shape[-1] - 1 - np.argmax(values[..., ::-1], axis=-1)
+    return int(index) if values.ndim == 1 else index.astype(int)
 
 
 def proba_columns(prefix: str) -> list[str]:

@@ -267,10 +267,6 @@ def embed_frames(frames: pd.DataFrame, model: SavedModel, source, *, batch_size:
     return np.concatenate(out) if out else np.zeros((0, config.feature_dim), np.float32)
 
 
-def _argmax_high(probabilities: np.ndarray) -> np.ndarray:
-    return np.array([argmax_high(row) for row in probabilities], dtype=int)  # a tie to the higher score
-
-
 def score_features(features: np.ndarray, frames: pd.DataFrame, model: SavedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per model of the folder: ``(probabilities (n, 4), scores (n,))`` of every frame."""
     from lusfeat.head import pipeline_probabilities
@@ -281,10 +277,10 @@ def score_features(features: np.ndarray, frames: pd.DataFrame, model: SavedModel
             proba = np.concatenate([np.asarray(estimator(features[i:i + 1024], training=False), dtype="float64")
                                     for i in range(0, len(features), 1024)])
             proba = proba / proba.sum(axis=1, keepdims=True)
-            out[name] = (proba, _argmax_high(proba))
+            out[name] = (proba, argmax_high(proba))
         elif name == "logreg":
             proba = pipeline_probabilities(estimator, features)
-            out[name] = (proba, _argmax_high(proba))
+            out[name] = (proba, argmax_high(proba))
         else:  # video: one answer per (patient, video), given to each of its frames
             keys = video_keys(frames)
             out[name] = (estimator.predict_proba(features, keys), estimator.predict(features, keys))

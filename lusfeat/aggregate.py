@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
+from lusfeat.scores import CLASSES, UNLABELLED, argmax_high, most_frequent
 
-CLASSES = (0, 1, 2, 3)
 RULES = ("mode", "mean_proba")
-UNLABELLED = -1
 
 
 def natural_key(value: object) -> tuple:
@@ -42,25 +41,6 @@ def natural_key(value: object) -> tuple:
 
 def natural_sorted(values: Iterable) -> list:
     return sorted(values, key=natural_key)
-
-
-def most_frequent(scores: Iterable[int]) -> int:
-    """The most frequent score; a tie goes to the higher score. -1 (unlabelled) for no labelled score."""
-    values = [int(score) for score in scores if int(score) != UNLABELLED]
-    if not values:
-        return UNLABELLED
-    counts = np.bincount(values, minlength=len(CLASSES))
-    return int(len(counts) - 1 - np.argmax(counts[::-1]))
-
-
-def argmax_high(values: np.ndarray) -> int | np.ndarray:
-    """Index of the largest value along the last axis; a tie goes to the higher index (the more severe score).
-
-    An int for one row of values, an array of ints for a ``(n, k)`` table.
-    """
-    values = np.asarray(values)
-    index = values.shape[-1] - 1 - np.argmax(values[..., ::-1], axis=-1)
-    return int(index) if values.ndim == 1 else index.astype(int)
 
 
 def proba_columns(prefix: str) -> list[str]:

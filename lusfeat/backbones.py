@@ -30,7 +30,7 @@ class TapSpec:
     name: str
     layer: str  # the tap is this layer's input tensor
     channels: int
-    top: str  # what lusfeat.finetune retrains on top of it, for people
+    top: str  # what lusfeat.experiments.finetune retrains on top of it, for people
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lusfeat.aggregate import CLASSES, UNLABELLED, Aggregate, natural_sorted, proba_columns
+from lusfeat.aggregate import Aggregate, natural_sorted, proba_columns
+from lusfeat.scores import CLASSES, UNLABELLED
 
-LABELS = {"head": "Keras head", "logreg": "logistic regression", "video": "video ordinal"}
+MODEL_NAMES = {"head": "Keras head", "logreg": "logistic regression", "video": "video ordinal"}
 PANEL = (4.3, 3.8)  # inches per panel
 DPI = 80
 
@@ -26,7 +27,7 @@ def _num(value: float, digits: int = 3) -> str:
 
 
 def model_label(prefix: str) -> str:
-    return LABELS.get(prefix, prefix)
+    return MODEL_NAMES.get(prefix, prefix)
 
 
 def _panels(n: int, *, width: float = PANEL[0], height: float = PANEL[1]) -> tuple[Figure, list]:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
+from lusfeat.files import write_csv
 
 FOLDS_FILE = "folds.csv"
 FOLD_COLUMNS = ["patient_id", "fold"]
@@ -95,10 +96,7 @@ def write_folds(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write atomically (temporary name, then rename): a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    table[FOLD_COLUMNS].to_csv(partial, index=False)
-    os.replace(partial, path)
-    return path
+    return write_csv(table[FOLD_COLUMNS], path)
 
 
 def load_or_make_folds(run_dir: str | os.PathLike, frames: pd.DataFrame, n_folds: int = 3,

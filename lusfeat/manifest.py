@@ -8,6 +8,9 @@ Usage::
 
     python -m lusfeat.manifest covid-blues DATA_ROOT/COVID-BLUES [--out data_manifest.csv]
     python -m lusfeat.manifest check data_manifest.csv [--data-root DIR]
+
+A folder of one patient's files named by region (or a folder of such patient folders) is read
+as a manifest by :func:`folder_manifest` (``lusfeat.predict``'s folder input).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +34,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".gif")
 MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 DATA_ROOT_ENV = "LUSFEAT_DATA_ROOT"
 MAX_LISTED_PROBLEMS = 20
+REGION_TOKEN = re.compile(r"^[A-Za-z]{1,3}\d{1,2}$")
 
 GET_COVID_BLUES = (
     "COVID-BLUES is public: clone https://github.com/NinaWie/COVID-BLUES (CC BY-NC-ND 4.0) into "
@@ -180,6 +186,74 @@ def read_manifest(
     _raise_problems(manifest_path, problems)
     table["file"] = [str(file) for file in files]
     return table
+
+
+# --------------------------------------------------------------------------- a folder as a manifest
+
+
+def region_from_name(name: str) -> str | None:
+    """The region token of a file name (see the module doc), upper-cased; None when there is none."""
+    stem = Path(name).name
+    for suffix in MEDIA_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    tokens = [token for token in re.split(r"[_\-\s.]+", stem) if token]
+    matches = [token for token in tokens if REGION_TOKEN.match(token)]
+    return matches[-1].upper() if matches else None
+
+
+def _media_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+
+
+def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
+    """Manifest rows (paths relative to ``folder``) for a patient folder or a folder of patient folders."""
+    folder = Path(folder)
+    files = _media_files(folder)
+    if files:
+        patients = [(folder.resolve().name, folder)]
+    else:
+        patients = [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and _media_files(sub)]
+    if not patients:
+        raise LusfeatError(f"{folder}: no image or video files ({', '.join(MEDIA_SUFFIXES)}) in it or in its sub-folders")
+    rows, problems = [], []
+    for patient, patient_dir in patients:
+        for file in _media_files(patient_dir):
+            region = region_from_name(file.name)
+            if region is None:
+                problems.append(file.name)
+                continue
+            rows.append({"path": file.relative_to(folder).as_posix(), "patient_id": patient, "region": region,
+                         "score": "", "group": "", "video_id": file.stem})
+    if problems:
+        raise LusfeatError(
+            f"{folder}: no region in the name of {', '.join(problems[:10])}{' ...' if len(problems) > 10 else ''}. "
+            "Name each file by its region (1-3 letters then 1-2 digits, e.g. L1.mp4, R2_2.mp4, patient_9_L1.mp4), "
+            "or pass a manifest CSV with a region column")
+    return pd.DataFrame(rows)
+
+
+def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(validated manifest, the manifest made of a folder or None)`` of INPUT, a CSV or a folder.
+
+    A folder's manifest is validated from a temporary file; ``predict`` writes it to
+    ``OUT/input_manifest.csv`` with its results only, so a run that stops early leaves OUT as it was.
+    """
+    path = Path(input_path)
+    if path.is_dir():
+        table = folder_manifest(path)
+        with tempfile.TemporaryDirectory() as scratch:
+            manifest_path = Path(scratch) / "input_manifest.csv"
+            table.to_csv(manifest_path, index=False)
+            try:
+                return read_manifest(manifest_path, path, require_scores=False), table
+            except LusfeatError as error:  # name the user's folder, not the scratch file
+                raise LusfeatError(str(error).replace(str(manifest_path), f"{path} (read as a manifest)")) from None
+    if path.is_file():
+        return read_manifest(path, data_root, require_scores=False), None
+    raise LusfeatError(f"input {path} not found: pass a manifest CSV or a folder of one patient's videos or images")
+
 
 
 def build_covid_blues_manifest(dataset_dir: str | os.PathLike) -> pd.DataFrame:

@@ -34,9 +34,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lusfeat.aggregate import most_frequent
-
-LABELS = [0, 1, 2, 3]
+from lusfeat.scores import CLASSES, argmax_high, most_frequent
 
 
 def _number(value: float) -> float | None:
@@ -47,11 +45,11 @@ def _number(value: float) -> float | None:
 def _check(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true).astype(int)
     probabilities = np.asarray(probabilities, dtype=float)
-    if probabilities.ndim != 2 or probabilities.shape[1] != len(LABELS) or len(probabilities) != len(y_true):
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(CLASSES) or len(probabilities) != len(y_true):
         raise ValueError(f"probabilities must be (n, 4) for {len(y_true)} scores, got {probabilities.shape}")
     if len(y_true) == 0:
         raise ValueError("no frames to score")
-    if not np.isin(y_true, LABELS).all():
+    if not np.isin(y_true, CLASSES).all():
         raise ValueError("true scores must be 0..3")
     return y_true, probabilities
 
@@ -59,7 +57,7 @@ def _check(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, n
 def roc_auc_per_class(y_true: np.ndarray, probabilities: np.ndarray) -> list[float | None]:
     """One-vs-rest ROC-AUC of each score; None where the score is absent (or the only one present)."""
     values: list[float | None] = []
-    for label in LABELS:
+    for label in CLASSES:
         positives = y_true == label
         if positives.all() or not positives.any():
             values.append(None)
@@ -78,20 +76,20 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
                            y_pred: Sequence[int] | None = None) -> dict[str, Any]:
-    """Metrics of ``(n, 4)`` probabilities against true scores; predictions ``y_pred``, else the argmax.
+    """Metrics of ``(n, 4)`` probabilities against true scores; predictions ``y_pred``, else the argmax (ties to the higher score).
 
     ``y_pred`` is for a model that reads its class by a rule of its own (an ordinal model's median
     score); ROC-AUC always comes from the probabilities.
     """
     y_true, probabilities = _check(np.asarray(y_true), probabilities)
     if y_pred is None:
-        y_pred = np.asarray(LABELS)[np.argmax(probabilities, axis=1)]
+        y_pred = CLASSES[argmax_high(probabilities)]
     else:
         y_pred = np.asarray(y_pred).astype(int)
-        if len(y_pred) != len(y_true) or not np.isin(y_pred, LABELS).all():
+        if len(y_pred) != len(y_true) or not np.isin(y_pred, CLASSES).all():
             raise ValueError(f"y_pred must hold one score 0..3 per frame ({len(y_true)})")
-    support = np.bincount(y_true, minlength=len(LABELS))
-    absent = [label for label in LABELS if support[label] == 0]
+    support = np.bincount(y_true, minlength=len(CLASSES))
+    absent = [label for label in CLASSES if support[label] == 0]
     notes = []
     if absent:
         notes.append(
@@ -101,7 +99,7 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
         )
     auc = roc_auc_per_class(y_true, probabilities)
     defined = [value for value in auc if value is not None]
-    counts = confusion_matrix(y_true, y_pred, labels=LABELS)
+    counts = confusion_matrix(y_true, y_pred, labels=CLASSES)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     return {
@@ -109,9 +107,9 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
         "support": support.tolist(),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
-        "macro_precision": float(precision_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
-        "macro_recall": float(recall_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "macro_precision": float(precision_score(y_true, y_pred, labels=CLASSES, average="macro", zero_division=0)),
+        "macro_recall": float(recall_score(y_true, y_pred, labels=CLASSES, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=CLASSES, average="macro", zero_division=0)),
         "roc_auc": auc,
         "roc_auc_macro": float(np.mean(defined)) if defined else None,
         "qwk": _kappa(y_true, y_pred, weights="quadratic"),
@@ -136,12 +134,12 @@ def video_probabilities(frames: pd.DataFrame, probabilities: np.ndarray) -> tupl
     """
     if len(frames) != len(probabilities):
         raise ValueError("one row of probabilities per frame is needed")
-    table = pd.concat([_video_keys(frames), pd.DataFrame(np.asarray(probabilities, dtype=float), columns=LABELS)], axis=1)
+    table = pd.concat([_video_keys(frames), pd.DataFrame(np.asarray(probabilities, dtype=float), columns=CLASSES)], axis=1)
     table["score"] = np.asarray(frames["score"]).astype(int)
     grouped = table.groupby(["patient_id", "video_id"], sort=False)
-    mean = grouped[LABELS].mean()
+    mean = grouped[CLASSES].mean()
     videos = mean.index.to_frame(index=False)
-    videos["score"] = grouped["score"].agg(lambda scores: scores.value_counts().idxmax()).to_numpy()
+    videos["score"] = grouped["score"].agg(most_frequent).to_numpy()
     videos["n_frames"] = grouped.size().to_numpy()
     return videos, mean.to_numpy()
 
@@ -174,4 +172,4 @@ def _kappa(a: np.ndarray, b: np.ndarray, weights: str | None = None) -> float | 
     # Undefined (None) when both sides use one and the same score only: no chance correction exists.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return _number(cohen_kappa_score(a, b, labels=LABELS, weights=weights))
+        return _number(cohen_kappa_score(a, b, labels=CLASSES, weights=weights))

@@ -26,15 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lusfeat.aggregate import (
-    CLASSES,
-    RULES,
-    UNLABELLED,
-    Aggregate,
-    aggregate,
-    natural_sorted,
-)
+from lusfeat.aggregate import RULES, Aggregate, aggregate, natural_sorted
 from lusfeat.errors import LusfeatError
+from lusfeat.files import write_text
+from lusfeat.runs import evaluate_model
+from lusfeat.scores import CLASSES, UNLABELLED
 
 KNOWN_PREFIXES = ("video", "head", "logreg")  # the default preset's primary model first
 FOLD_DIR = re.compile(r"^fold(\d+)$")
@@ -142,8 +138,6 @@ def frame_metrics(section: Section, prefix: str) -> dict:
     """Frame- and video-level numbers of one model: metrics.json's, else ``lusfeat.metrics.evaluate`` on the predictions."""
     block = (section.metrics or {}).get(prefix)
     if not isinstance(block, dict) or "accuracy" not in block:
-        from lusfeat.fit import evaluate_model
-
         frames = section.predictions[section.predictions["score"].astype(int) != UNLABELLED]
         block = evaluate_model(frames, frames, prefix)
     video = block.get("video") or {}
@@ -479,9 +473,7 @@ def write_report(run_dir: str | os.PathLike, rule: str = "mode", out: str | os.P
     html_path = Path(out) if out else Path(run_dir) / "report.html"
     md_path = html_path.with_name("summary.md")
     for path, text in ((html_path, build_html(run, rule)), (md_path, build_markdown(run, rule))):
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_text(text, path)
     return html_path, md_path
 
 

@@ -292,7 +292,7 @@ def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtyp
         config = read_config(handle)
         if config.tap:
             raise LusfeatError(f"{path} holds {config.backbone}'s {config.tap!r} activation maps, not pooled features: "
-                               "it is for lusfeat.finetune (lusfeat.store.load_maps); pass a <backbone>.h5 file here")
+                               "it is for lusfeat.experiments.finetune (lusfeat.store.load_maps); pass a <backbone>.h5 file here")
         frames = _read_frames(handle["frames"])
         data = handle["features"]
         features = (data[:] if copies is None else data[sorted(copies)]).astype(dtype, copy=False)

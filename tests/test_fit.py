@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lusfeat.fit import compare_models, main
+from lusfeat.fit import main
+from lusfeat.runs import compare_models
 from lusfeat.store import load_features
 
 PAPER_COLUMNS = [

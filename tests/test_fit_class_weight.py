@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lusfeat.fit import FitParams, main
+from lusfeat.fit import main
+from lusfeat.runs import FitParams
 
 
 def test_default_is_the_papers_unweighted_head() -> None:

@@ -84,8 +84,9 @@ def test_video_level_averages_frame_probabilities():
     metrics = evaluate(frames, probabilities)
     assert metrics["accuracy"] == pytest.approx(2 / 5)
     assert metrics["video"]["n"] == 2
-    # video 2 is a tie 0.5 / 0.5 between 0 and 1: argmax takes the lower score, 0
-    assert metrics["video"]["accuracy"] == 1.0
+    # video 2 is a tie 0.5 / 0.5 between 0 and 1: the tie goes to the higher score, 1 (truth 0)
+    assert metrics["video"]["accuracy"] == 0.5
+    assert metrics["video"]["confusion_matrix"][0] == [0, 1, 0, 0]
 
 
 def test_agreement_kappa():

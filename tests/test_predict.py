@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from lusfeat.errors import LusfeatError
-from lusfeat.predict import folder_manifest, main, region_from_name
+from lusfeat.manifest import folder_manifest, region_from_name
+from lusfeat.predict import main
 
 TEST_VIDEOS = ["patient_9_L1", "patient_9_R2"]  # true scores 3 and 2; patient 9 is not in training
 
@@ -64,7 +65,16 @@ def test_predict_reproduces_fit_on_its_own_test_patient(tiny_model, data_root, w
     for model in ("head", "logreg", "video"):  # every model of the folder, scored from recomputed features
         for k in range(4):
             assert np.allclose(merged[f"{model}_p{k}_fit"], merged[f"{model}_p{k}_predict"], atol=1e-4), model
-        assert (merged[f"{model}_pred_fit"] == merged[f"{model}_pred_predict"]).mean() > 0.95  # near-ties may flip
+        # One tie rule in fit and predict: the scores agree wherever recomputation noise (1e-4)
+        # cannot change the decision (argmax margin, or the ordinal median's distance from 0.5).
+        proba = merged[[f"{model}_p{k}_fit" for k in range(4)]].to_numpy()
+        if model == "video":
+            clear = (np.abs(np.cumsum(proba, axis=1)[:, :3] - 0.5) > 2e-4).all(axis=1)
+        else:
+            top = np.sort(proba, axis=1)
+            clear = top[:, -1] - top[:, -2] > 2e-4
+        assert clear.mean() > 0.9
+        assert (merged.loc[clear, f"{model}_pred_fit"] == merged.loc[clear, f"{model}_pred_predict"]).all(), model
 
 
 def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lusfeat.lus_signal import SIGNAL_NAMES, frame_signal, images_signal, main, pleura_row, sector_depth
+from lusfeat.experiments.lus_signal import SIGNAL_NAMES, frame_signal, images_signal, main, pleura_row, sector_depth
 
 SIZE, DEPTH, PLEURA = 128, 110, 25
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lusfeat.lung_crop import POOLING_TAG, crop_lung, lung_box, main
+from lusfeat.experiments.lung_crop import POOLING_TAG, crop_lung, lung_box, main
 
 
 def test_box_keeps_the_pleura_and_drops_the_chest_wall() -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lusfeat.errors import LusfeatError
-from lusfeat.finetune import TopBlockFineTuner, pooled_top_features
+from lusfeat.experiments.finetune import TopBlockFineTuner, pooled_top_features
 
 VIDEOS = ["patient_10_L1", "patient_9_L1"]  # scores 0 and 3
 

@@ -16,7 +16,7 @@ cumulative probability first reaches 0.5: the latent ``w . x`` against the cut p
 ``"expected"`` (the expected score, rounded) or ``"argmax"`` (the most probable score).
 
 Features may be ``(n, dim)`` or cached copies ``(copies, n, dim)`` as for
-:class:`lusfeat.head.SeverityHead`: all copies are stacked as training rows, copy 0 is scored.
+:class:`lusfeat.models.head.SeverityHead`: all copies are stacked as training rows, copy 0 is scored.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from lusfeat.head import LABELS, as_copies, check_scores, evaluation_copy
+from lusfeat.models.base import as_copies, check_scores, evaluation_copy, standardisation
+from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights
 
 DECISIONS = ("median", "expected", "argmax")
 
@@ -45,20 +46,13 @@ def decide(probabilities: np.ndarray, decision: str = "median") -> np.ndarray:
     """Scores 0..K-1 read from ``(n, K)`` ordered-class probabilities by ``decision``."""
     probabilities = np.asarray(probabilities, dtype=float)
     if decision == "argmax":
-        return np.argmax(probabilities, axis=1)
+        return argmax_high(probabilities)
     if decision == "expected":
         expected = probabilities @ np.arange(probabilities.shape[1])
         return np.clip(np.floor(expected + 0.5), 0, probabilities.shape[1] - 1).astype(int)
     if decision == "median":
         return np.argmax(np.cumsum(probabilities, axis=1) >= 0.5 - 1e-12, axis=1)
     raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
-
-
-def balanced_weights(y: np.ndarray, n_classes: int = len(LABELS)) -> np.ndarray:
-    """Per-sample weights ``n / (classes present * count of the sample's class)`` (scikit-learn's 'balanced')."""
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    present = np.count_nonzero(counts)
-    return len(y) / (present * counts[y])
 
 
 class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -91,16 +85,14 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
         y = check_scores(y, n)
         rows = X.reshape(copies * n, dim).astype(np.float64)
         scores = np.tile(y, copies)
-        self.mean_ = rows.mean(axis=0)
-        scale = rows.std(axis=0)
-        self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        self.mean_, _, self.scale_ = standardisation(rows)
         rows = (rows - self.mean_) / self.scale_
-        weights = balanced_weights(scores) if self.class_weight == "balanced" else np.ones(len(scores))
+        weights = balanced_class_weights(scores)[scores] if self.class_weight == "balanced" else np.ones(len(scores))
         weights = weights / copies  # each frame counts once, whatever the number of copies
 
-        k = len(LABELS) - 1
+        k = len(CLASSES) - 1
         # Start from the cut points of the class frequencies alone (w = 0).
-        frequencies = np.bincount(scores, minlength=len(LABELS)) + 1.0
+        frequencies = np.bincount(scores, minlength=len(CLASSES)) + 1.0
         cumulative = np.cumsum(frequencies)[:-1] / frequencies.sum()
         start_thresholds = np.log(cumulative / (1 - cumulative))
         gaps = np.log(np.maximum(np.diff(start_thresholds), 1e-3))
@@ -129,7 +121,7 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
             return loss, grad
 
         # One BLAS thread: the products are skinny (n x dim times dim), and on a busy 2-core machine
-        # OpenBLAS threads waited far more than they computed (as for lusfeat.head.LogisticCheck).
+        # OpenBLAS threads waited far more than they computed (as for lusfeat.models.linear.StandardisedLogisticRegression).
         with threadpool_limits(limits=1, user_api="blas"):
             result = minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
         params = result.x
@@ -137,7 +129,7 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
         self.thresholds_ = params[dim] + np.concatenate([[0.0], np.cumsum(np.exp(params[dim + 1:]))])
         self.n_iter_ = int(result.nit)
         self.converged_ = bool(result.success)
-        self.classes_ = LABELS.copy()
+        self.classes_ = CLASSES.copy()
         self.n_features_in_ = dim
         return self
 

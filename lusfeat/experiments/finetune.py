@@ -5,7 +5,7 @@ activation map per frame and copy (float16). :class:`TopBlockFineTuner` rebuilds
 backbone after that tap with its ImageNet weights (for Xception's ``middle`` tap: block13 and
 block14), adds global average pooling and the paper's head (Dropout + Dense(4, softmax)), and
 trains block and head together on the maps. Each epoch draws one cached copy per training frame,
-as :class:`lusfeat.head.SeverityHead` does, so augmentation survives caching.
+as :class:`lusfeat.models.head.SeverityHead` does, so augmentation survives caching.
 
 As in Keras' transfer-learning guide, batch normalisation stays in inference mode (the block is
 called with ``training=False``: its ImageNet statistics are kept, its scales and offsets train),
@@ -19,7 +19,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from lusfeat.head import LABELS, _integer_seeds, build_head_model, check_scores, class_weights, epoch_schedule
+from lusfeat.models.base import check_scores, integer_seeds
+from lusfeat.models.head import build_head_model, epoch_schedule
+from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights
 
 FINITE_CHECK_FRAMES = 256  # frames per block when checking maps for NaN (a full check would copy GBs)
 
@@ -68,7 +70,7 @@ class _Forward:
 
     def __call__(self, maps: np.ndarray, features: bool = False) -> np.ndarray:
         call = self._pooled if features else self._probabilities
-        width = self.dim if features else len(LABELS)
+        width = self.dim if features else len(CLASSES)
         out = []
         for start in range(0, len(maps), self.batch_size):
             batch = maps[start:start + self.batch_size]
@@ -136,7 +138,7 @@ class TopBlockFineTuner(ClassifierMixin, BaseEstimator):
         if n == 0:
             raise ValueError("no training frames")
         y = check_scores(y, n)
-        rng, (layer_seed,) = _integer_seeds(self.random_state, 1)
+        rng, (layer_seed,) = integer_seeds(self.random_state, 1)
         block = self.build_block()
         if tuple(block.input_shape[1:]) != X.shape[2:]:
             raise ValueError(f"maps of shape {X.shape[2:]} do not fit the {self.backbone} block after tap "
@@ -145,7 +147,7 @@ class TopBlockFineTuner(ClassifierMixin, BaseEstimator):
         head = build_head_model(block.output_shape[-1], self.dropout, layer_seed)
         index, weight = epoch_schedule(n, copies, self.epochs, self.batch_size, rng)
         if self.class_weight == "balanced":
-            weight = weight * class_weights(y)[y[index[:, :, 1]]]
+            weight = weight * balanced_class_weights(y).astype(np.float32)[y[index[:, :, 1]]]
         step = _train_step(block, head, keras.optimizers.Adam(learning_rate=self.block_learning_rate),
                            keras.optimizers.Adam(learning_rate=self.learning_rate))
         record = np.zeros((len(index), 2), np.float32)
@@ -161,7 +163,7 @@ class TopBlockFineTuner(ClassifierMixin, BaseEstimator):
         }
         self.block_ = block
         self.head_ = head
-        self.classes_ = LABELS.copy()
+        self.classes_ = CLASSES.copy()
         self.map_shape_ = tuple(X.shape[2:])
         self._forward = _Forward(block, head, self.batch_size)
         return self
@@ -175,7 +177,7 @@ class TopBlockFineTuner(ClassifierMixin, BaseEstimator):
         return self._forward(X).astype(np.float64)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        return self.classes_[argmax_high(self.predict_proba(X))]
 
     def transform(self, X) -> np.ndarray:
         """``(n, dim)`` pooled features of copy 0 through the retrained block."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lusfeat.head import LogisticCheck
-from lusfeat.ordinal import OrdinalLogisticRegression
-from lusfeat.video_head import AttentionVideoClassifier, VideoPoolingClassifier, padded_videos, pool_videos, video_index
+from lusfeat.experiments.attention import AttentionVideoClassifier, padded_videos
+from lusfeat.models.linear import StandardisedLogisticRegression
+from lusfeat.models.ordinal import OrdinalLogisticRegression
+from lusfeat.models.video import VideoPoolingClassifier, pool_videos, video_index
 
 
 def test_pool_videos_computes_mean_std_max_per_copy_and_video() -> None:
@@ -30,7 +31,7 @@ def synthetic_videos(n_videos: int = 80, frames: int = 10, seed: int = 0):
     return X.astype(np.float32), np.repeat(scores, frames), videos
 
 
-@pytest.mark.parametrize("estimator", [LogisticCheck(C=1.0), OrdinalLogisticRegression(C=1.0)])
+@pytest.mark.parametrize("estimator", [StandardisedLogisticRegression(C=1.0), OrdinalLogisticRegression(C=1.0)])
 def test_learns_from_video_statistics_and_answers_per_frame(estimator) -> None:
     X, y, videos = synthetic_videos()
     model = VideoPoolingClassifier(estimator=estimator, pooling=("mean",), random_state=0).fit(X, y, videos=videos)
@@ -42,14 +43,14 @@ def test_learns_from_video_statistics_and_answers_per_frame(estimator) -> None:
     first = probabilities[videos_test == "v0"]
     assert np.allclose(first, first[0])
     video_accuracy = (model.predict(X_test, videos_test) == y_test).mean()
-    frame_accuracy = (LogisticCheck(C=1.0).fit(X, y).predict(X_test) == y_test).mean()
+    frame_accuracy = (StandardisedLogisticRegression(C=1.0).fit(X, y).predict(X_test) == y_test).mean()
     assert video_accuracy > frame_accuracy + 0.2
 
 
 def test_copies_give_extra_training_videos_and_videos_are_required() -> None:
     X, y, videos = synthetic_videos(n_videos=20)
     copies = np.stack([X, X * 1.01])
-    model = VideoPoolingClassifier(estimator=LogisticCheck()).fit(copies, y, videos=videos)
+    model = VideoPoolingClassifier(estimator=StandardisedLogisticRegression()).fit(copies, y, videos=videos)
     assert model.estimator_.n_features_in_ == 3 * X.shape[1]
     with pytest.raises(ValueError, match="video id per frame"):
         VideoPoolingClassifier().fit(X, y)

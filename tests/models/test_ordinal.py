@@ -8,7 +8,7 @@ from scipy.optimize import approx_fprime
 from sklearn.base import clone
 from sklearn.metrics import cohen_kappa_score
 
-from lusfeat.ordinal import OrdinalLogisticRegression, class_probabilities, decide
+from lusfeat.models.ordinal import OrdinalLogisticRegression, class_probabilities, decide
 
 
 def ordinal_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

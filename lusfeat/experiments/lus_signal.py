@@ -1,6 +1,6 @@
 """Hand-made lung-ultrasound signal: a few numbers per frame that a sonographer would look at.
 
-    python -m lusfeat.lus_signal [--manifest data_manifest.csv] [--frame-step 10] [--augment-copies 2]
+    python -m lusfeat.experiments.lus_signal [--manifest data_manifest.csv] [--frame-step 10] [--augment-copies 2]
         [--size 128] [--out features/lus_signal/]
 
 writes ``OUT/lus_signal.h5`` in the same format as a backbone's feature file (same per-frame table,
@@ -39,7 +39,7 @@ import numpy as np
 
 from lusfeat.errors import LusfeatError
 
-log = logging.getLogger("lusfeat.lus_signal")
+log = logging.getLogger("lusfeat.experiments.lus_signal")
 
 SIGNAL_VERSION = 2
 BACKBONE_NAME = "lus_signal"
@@ -197,9 +197,9 @@ def images_signal(images: np.ndarray) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lusfeat.extract import add_frame_arguments
+    from lusfeat.cli import add_frame_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m lusfeat.lus_signal", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.experiments.lus_signal", description=__doc__.split("\n\n")[0])
     add_frame_arguments(parser)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="frames are read at SIZE x SIZE (default: %(default)s)")
     # A subfolder: lusfeat.fit's default features/*.h5 takes backbone files only.
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
-    from lusfeat.extract import plan_frames, write_features
+    from lusfeat.embed import plan_frames, write_features
     from lusfeat.manifest import file_sha256, read_manifest
     from lusfeat.store import ExtractionConfig
 

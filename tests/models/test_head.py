@@ -5,7 +5,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from lusfeat.head import LogisticCheck, SeverityHead, epoch_schedule
+from lusfeat.models.head import SeverityHead, epoch_schedule
+from lusfeat.models.linear import StandardisedLogisticRegression
 
 DIM = 256
 
@@ -28,7 +29,7 @@ def random_features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((3, n, DIM)).astype(np.float32), np.tile(np.arange(4), n // 4)[:n]
 
 
-@pytest.mark.parametrize("model", [SeverityHead(random_state=0), LogisticCheck()])
+@pytest.mark.parametrize("model", [SeverityHead(random_state=0), StandardisedLogisticRegression()])
 def test_separable_features_are_learnt_perfectly(model):
     X, y = separable(800)
     X_test, y_test = separable(400, seed=1)
@@ -37,7 +38,7 @@ def test_separable_features_are_learnt_perfectly(model):
     np.testing.assert_array_equal(model.classes_, [0, 1, 2, 3])
 
 
-@pytest.mark.parametrize("model", [SeverityHead(random_state=0), LogisticCheck()])
+@pytest.mark.parametrize("model", [SeverityHead(random_state=0), StandardisedLogisticRegression()])
 def test_random_features_stay_near_chance(model):
     X, y = random_features(800, seed=2)
     X_test, y_test = random_features(2000, seed=3)
@@ -82,7 +83,7 @@ def test_same_seed_same_model_other_seed_other_model():
 def test_four_classes_even_when_training_lacks_one():
     X, y = separable(400)
     keep = y != 3
-    for model in (SeverityHead(random_state=0), LogisticCheck()):
+    for model in (SeverityHead(random_state=0), StandardisedLogisticRegression()):
         probabilities = model.fit(X[:, keep], y[keep]).predict_proba(X)
         assert probabilities.shape == (400, 4)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -118,7 +119,7 @@ def test_bad_scores_are_rejected():
 def test_fast_scaler_matches_scikit_learn():
     from sklearn.preprocessing import StandardScaler
 
-    from lusfeat.head import fitted_standard_scaler
+    from lusfeat.models.linear import fitted_standard_scaler
 
     X = np.random.default_rng(0).gamma(2.0, size=(1000, 8)).astype(np.float32)
     X[:, 3] = 5.0  # a constant feature stays unscaled

@@ -1,6 +1,6 @@
 """Backbone features of the lung only: crop each frame below the pleural line, then extract.
 
-    python -m lusfeat.lung_crop --backbone xception [--manifest data_manifest.csv] [--frame-step 10]
+    python -m lusfeat.experiments.lung_crop --backbone xception [--manifest data_manifest.csv] [--frame-step 10]
         [--augment-copies 2] [--weights imagenet] [--out features/lung_crop/]
 
 writes ``OUT/<backbone>.h5`` (same format and per-frame table as ``lusfeat.extract``'s; ``pooling``
@@ -12,7 +12,7 @@ Why: a whole LUS frame is mostly chest wall (skin, muscle, ribs) above the pleur
 depends on the patient's build more than on the lung; the severity signs (B-lines, white lung,
 consolidations, a broken pleura) are at and below the pleura. Global average pooling over the whole
 frame dilutes them. The crop box of a frame (:func:`lung_box`): rows from just above the pleural
-line (:func:`lusfeat.lus_signal.pleura_row`, so the line itself stays in) to the sector's bottom;
+line (:func:`lusfeat.experiments.lus_signal.pleura_row`, so the line itself stays in) to the sector's bottom;
 columns where that band is lit. The crop is resized to the backbone's input size (aspect not kept:
 the network sees the lung at a larger scale), and the augmented copies are made from the crop, with
 the same deterministic augmentation as stage one.
@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image
 
 from lusfeat.errors import LusfeatError
-from lusfeat.lus_signal import pleura_row, rgb_to_grey, sector_depth
+from lusfeat.experiments.lus_signal import pleura_row, rgb_to_grey, sector_depth
 
-log = logging.getLogger("lusfeat.lung_crop")
+log = logging.getLogger("lusfeat.experiments.lung_crop")
 CROP_VERSION = 1
 POOLING_TAG = f"avg:lung-crop-v{CROP_VERSION}"
 ABOVE_PLEURA = 0.04  # fraction of the sector depth kept above the pleural row
@@ -61,9 +61,9 @@ def crop_lung(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lusfeat.extract import add_frame_arguments
+    from lusfeat.cli import add_frame_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m lusfeat.lung_crop", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.experiments.lung_crop", description=__doc__.split("\n\n")[0])
     add_frame_arguments(parser)
     parser.add_argument("--backbone", default="xception", help="one backbone name (default: %(default)s)")
     parser.add_argument("--weights", default="imagenet", help="as for lusfeat.extract")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
     from lusfeat.backbones import get_spec, resolve_weights
-    from lusfeat.extract import extract_backbone, make_config, plan_frames
+    from lusfeat.embed import extract_backbone, make_config, plan_frames
     from lusfeat.manifest import file_sha256, read_manifest
 
     args = build_parser().parse_args(argv)

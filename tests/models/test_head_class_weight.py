@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lusfeat.head import SeverityHead, class_weights
+from lusfeat.models.head import SeverityHead
+from lusfeat.scores import balanced_class_weights
 
 
 def test_class_weights_are_balanced_and_zero_for_an_absent_score() -> None:
-    weights = class_weights(np.array([0, 0, 0, 1, 3, 3]))
+    weights = balanced_class_weights(np.array([0, 0, 0, 1, 3, 3]))
     assert np.allclose(weights, [6 / 9, 6 / 3, 0.0, 6 / 6])
     y = np.array([0] * 6 + [1] * 3 + [3] * 1)
-    assert np.isclose((class_weights(y)[y]).sum(), len(y))  # weights keep the loss on its usual scale
+    assert np.isclose((balanced_class_weights(y)[y]).sum(), len(y))  # weights keep the loss on its usual scale
 
 
 def rare_class_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,288 @@
+"""The stage-one engine: frames -> images -> backbone -> the HDF5 feature file, resumably.
+
+- :func:`plan_frames`: the per-frame table of a manifest (one row per frame to embed);
+- :func:`iter_images` / :func:`iter_blocks`: each file decoded once, frames resized and augmented,
+  in blocks, in a background thread (:func:`prefetch`) that stays a bounded number of blocks
+  ahead of the network, so memory is flat in the number of frames and the cores stay busy;
+- :class:`Embedder`: a compiled ``uint8 images -> features`` call on fixed-size batches;
+- :func:`write_features`: the resumable write loop shared by every feature file (backbones,
+  and the experiments' lung crops and hand-made signal); :func:`extract_backbone` for one backbone;
+- :func:`embed_frames`: copy 0 of frames, as ``lusfeat.predict`` needs them.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lusfeat.augment import AugmentParams, augmented_copies, frame_key
+from lusfeat.backbones import (
+    BackboneSpec,
+    WeightsSource,
+    build_feature_extractor,
+    build_tap_extractor,
+    get_spec,
+    get_tap,
+)
+from lusfeat.errors import LusfeatError
+from lusfeat.frames import count_frames, frame_indices, iter_frames
+from lusfeat.store import CHUNK_FRAMES, ExtractionConfig, FeatureWriter
+
+QUEUE_BLOCKS = 2  # blocks decoded ahead of the network: bounds memory
+PREDICT_BLOCK_FRAMES = 64  # frames decoded and embedded at a time by embed_frames: bounds memory
+
+
+def plan_frames(manifest: pd.DataFrame, frame_step: int = 1) -> pd.DataFrame:
+    """The per-frame table: one row per frame to extract, in manifest order, with its labels and file."""
+    rows = []
+    for record in manifest.itertuples(index=False):
+        n_frames = count_frames(record.file)
+        indices = frame_indices(n_frames, frame_step, record.frame)
+        if not indices:
+            raise LusfeatError(f"{record.path}: frame {record.frame} asked for, but the file has {n_frames} frames")
+        for index in indices:
+            rows.append((record.path, index, record.patient_id, record.region, record.score,
+                         record.video_id, record.group, record.file))
+    columns = ["path", "frame_index", "patient_id", "region", "score", "video_id", "group", "file"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+FrameTransform = Callable[[np.ndarray, int], np.ndarray]  # (full-size rgb, size) -> (size, size, 3) rgb
+
+
+def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params: AugmentParams,
+                transform: FrameTransform | None = None) -> Iterator[np.ndarray]:
+    """``(copies, size, size, 3)`` uint8 per row of ``frames``, in order, each file decoded once.
+
+    Without ``transform`` FFmpeg resizes the whole frame; with one (e.g. a crop) the full-size
+    frame goes to ``transform(rgb, size)``. Augmented copies are made from the result.
+    """
+    for file, rows in frames.groupby("file", sort=False):
+        wanted = rows["frame_index"].tolist()
+        path = rows["path"].iloc[0]
+        for index, rgb in iter_frames(file, wanted, None if transform else size):
+            if transform is not None:
+                rgb = transform(rgb, size)
+            yield augmented_copies(rgb, frame_key(path, index), copies, seed, params)
+
+
+def iter_blocks(frames: pd.DataFrame, start: int, block: int, size: int, copies: int, seed: int,
+                params: AugmentParams, transform: FrameTransform | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, images[n, copies, size, size, 3])`` blocks of consecutive frames from ``start``."""
+    images = iter_images(frames.iloc[start:], size, copies, seed, params, transform)
+    position = start
+    while position < len(frames):
+        n = min(block, len(frames) - position)
+        batch = np.empty((n, copies, size, size, 3), np.uint8)
+        for i in range(n):
+            batch[i] = next(images)
+        yield position, batch
+        position += n
+
+
+def prefetch(blocks: Iterator, depth: int) -> Iterator:
+    """Run ``blocks`` in a daemon thread, ``depth`` items ahead; re-raise its errors here."""
+    channel: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in blocks:
+                while not stop.is_set():
+                    try:
+                        channel.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(done)
+        except BaseException as error:  # handed to the consumer, which raises it
+            channel.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True, name="lusfeat-decode")
+    thread.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class Embedder:
+    """A compiled ``uint8 images -> features`` call on fixed-size batches (no retracing)."""
+
+    def __init__(self, model, batch_size: int) -> None:
+        import tensorflow as tf
+
+        self.batch_size = batch_size
+        self.model = model
+        def forward(images):
+            return model(images, training=False)
+
+        # A compiled call: 1.2-1.5x faster than model.predict on this CPU (docs/benchmarks.md).
+        self._call = tf.function(forward, autograph=False)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size]
+            n = len(batch)
+            if n < self.batch_size:  # pad: one input shape, one trace
+                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
+            out.append(np.asarray(self._call(batch))[:n])
+        return np.concatenate(out) if out else np.empty((0, self.model.output_shape[-1]), np.float32)
+
+
+@dataclass
+class ExtractionSummary:
+    backbone: str
+    path: Path
+    frames: int
+    copies: int
+    seconds: float
+    computed_frames: int
+    file_mb: float
+    status: str  # "written", "resumed", "up to date"
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.computed_frames / self.seconds if self.seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        return (f"{self.backbone}: {self.status} {self.path} | {self.frames} frames x {self.copies} copies | "
+                f"{self.computed_frames} frames computed in {self.seconds:.1f} s "
+                f"({self.frames_per_second:.1f} frames/s, {self.frames_per_second * self.copies:.1f} images/s) | "
+                f"{self.file_mb:.1f} MB")
+
+
+def write_features(
+    frames: pd.DataFrame,
+    config: ExtractionConfig,
+    out_path: Path,
+    make_embed: Callable[[], Callable[[np.ndarray], np.ndarray]],
+    *,
+    name: str,
+    weights_source: str = "",
+    transform: FrameTransform | None = None,
+    block: int = CHUNK_FRAMES,
+    overwrite: bool = False,
+    progress: bool = True,
+    item_shape: tuple[int, ...] | None = None,
+) -> ExtractionSummary:
+    """Write (or resume, or confirm) one feature file: frames -> images -> ``embed`` -> HDF5.
+
+    ``make_embed()`` is called only when there is work to do; its result maps uint8 images
+    ``(n, size, size, 3)`` to features ``(n, dim)`` (or, for a tap file, maps ``(n, *item_shape)``). Shared by backbones, lung crops and the
+    hand-made LUS signal, so all get the same resume, prefetch and progress behaviour.
+    """
+    from tqdm.auto import tqdm
+
+    params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
+    with FeatureWriter(out_path, config, frames, overwrite=overwrite, weights_source=weights_source,
+                       item_shape=item_shape) as writer:
+        start = writer.frames_done
+        if writer.complete:
+            return ExtractionSummary(name, out_path, len(frames), config.copies, 0.0, 0,
+                                     out_path.stat().st_size / 1e6, "up to date")
+        status = "resumed" if start else "written"
+        embed = make_embed()
+        began = time.perf_counter()
+        blocks = prefetch(iter_blocks(frames, start, block, config.input_size, config.copies,
+                                       config.seed, params, transform), QUEUE_BLOCKS)
+        with tqdm(total=len(frames), initial=start, unit="frame", desc=name, disable=not progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for position, images in blocks:
+                n, copies = images.shape[:2]
+                features = np.asarray(embed(images.reshape(n * copies, *images.shape[2:])))
+                features = features.reshape(n, copies, *features.shape[1:]).swapaxes(0, 1)
+                writer.write(position, features.astype(config.dtype, copy=False))
+                bar.update(n)
+        seconds = time.perf_counter() - began
+        path = writer.finish()
+    return ExtractionSummary(name, path, len(frames), config.copies, seconds, len(frames) - start,
+                             path.stat().st_size / 1e6, status)
+
+
+def extract_backbone(
+    frames: pd.DataFrame,
+    spec: BackboneSpec,
+    source: WeightsSource,
+    config: ExtractionConfig,
+    out_path: Path,
+    *,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    progress: bool = True,
+    transform: FrameTransform | None = None,
+) -> ExtractionSummary:
+    """Write (or resume, or confirm) the feature file of one backbone (its tap maps if ``config.tap``)."""
+    # Whole network batches per block, so that only the very last batch is padded.
+    block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
+    if config.tap:
+        # Built now: the file's map shape comes from the network (a few seconds, against minutes of maps).
+        model = build_tap_extractor(spec, source, config.tap, config.input_size, config.precision)
+        return write_features(frames, config, out_path, lambda: Embedder(model, batch_size),
+                              name=f"{spec.name}-{config.tap}", weights_source=source.description,
+                              transform=transform, block=block, overwrite=overwrite, progress=progress,
+                              item_shape=tuple(model.output_shape[1:]))
+
+    def make_embed() -> Embedder:
+        return Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
+
+    return write_features(frames, config, out_path, make_embed, name=spec.name, weights_source=source.description,
+                          transform=transform, block=block, overwrite=overwrite, progress=progress)
+
+
+def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | None, dtype: str,
+                augment_copies: int, params: AugmentParams, seed: int, frame_step: int,
+                manifest_sha256: str, precision: str = "float32", tap: str = "") -> ExtractionConfig:
+    extra = {"tap": tap, "pooling": "none", "feature_dim": get_tap(spec, tap).channels} if tap else {}
+    return ExtractionConfig(**{
+        "backbone": spec.name, "weights": source.identity, "input_size": input_size or spec.input_size,
+        "feature_dim": spec.feature_dim, "dtype": dtype, "copies": augment_copies + 1,
+        "aug_rotation": params.rotation, "aug_shift": params.shift, "aug_zoom": params.zoom, "aug_flip": params.flip,
+        "seed": seed, "frame_step": frame_step, "manifest_sha256": manifest_sha256, "precision": precision, **extra,
+    })
+
+
+def output_path(out: Path, spec: BackboneSpec, tap: str = "") -> Path:
+    """``OUT/<backbone>.h5`` for pooled features, ``OUT/<backbone>-<tap>.h5`` for a tap's maps."""
+    return out / (f"{spec.name}-{tap}.h5" if tap else f"{spec.name}.h5")
+
+
+def embed_frames(frames: pd.DataFrame, config: ExtractionConfig, source: WeightsSource, *, batch_size: int = 32,
+                 progress: bool = True) -> np.ndarray:
+    """Pooled features ``(n_frames, dim)`` of copy 0 (the frame itself), as a feature file of ``config`` holds them.
+
+    Stage one's own frames and backbone; rounded through the file's stored dtype, since models are
+    trained on features as the file held them.
+    """
+    from tqdm.auto import tqdm
+
+    spec = get_spec(config.backbone)
+    embed = Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
+    params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
+    images = iter_images(frames, config.input_size, 1, config.seed, params)
+    out = []
+    with tqdm(total=len(frames), unit="frame", desc=spec.name, disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(frames), PREDICT_BLOCK_FRAMES):
+            n = min(PREDICT_BLOCK_FRAMES, len(frames) - start)
+            block = np.stack([next(images)[0] for _ in range(n)])
+            out.append(embed(block).astype(config.dtype).astype("float32"))
+            bar.update(n)
+    return np.concatenate(out) if out else np.zeros((0, config.feature_dim), np.float32)

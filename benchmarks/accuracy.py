@@ -4,8 +4,8 @@
         [--seeds 0,1,2] [--folds 3] [--methods all|NAME,...] [--out FILE|DIR]
 
 Reads cached feature files (``FEATURES/<backbone>.h5`` from ``python -m lusfeat.extract``;
-``FEATURES/lus_signal.h5`` from ``python -m lusfeat.lus_signal`` for the ``lus_signal`` methods;
-``FEATURES/lung_crop/<backbone>.h5`` from ``python -m lusfeat.lung_crop --out FEATURES/lung_crop``
+``FEATURES/lus_signal.h5`` from ``python -m lusfeat.experiments.lus_signal`` for the ``lus_signal`` methods;
+``FEATURES/lung_crop/<backbone>.h5`` from ``python -m lusfeat.experiments.lung_crop --out FEATURES/lung_crop``
 for the ``-lung`` methods; all made with the same manifest and frame step, so their rows line up).
 
 Protocol. For each seed ``s``: patient-level folds ``lusfeat.folds.make_folds(patient_strata,
@@ -28,7 +28,7 @@ The ``*-leaky`` rows repeat a method with a frame-level random split (a patient'
 sides): not a result, a warning of what a frame-level split fakes.
 
 Hyper-parameters: fixed in advance (the paper's head; C = 0.01 for the linear frame-level models,
-LogisticCheck's default from the earlier probes), except for the video-level models, whose L2
+StandardisedLogisticRegression's default from the earlier probes), except for the video-level models, whose L2
 strength C is chosen by nested CV: an inner patient-level 3-fold split of the *training* patients
 only, grid ``NESTED_C``, criterion video-level QWK. The test fold is never used for a choice.
 """
@@ -55,7 +55,7 @@ from benchmarks._common import command_line, format_table, machine_info, save_js
 from lusfeat.errors import LusfeatError  # noqa: E402
 
 N_CLASSES = 4
-LUNG_CROP_PREFIX = "lung_crop/"  # FEATURES/lung_crop/<backbone>.h5, from python -m lusfeat.lung_crop
+LUNG_CROP_PREFIX = "lung_crop/"  # FEATURES/lung_crop/<backbone>.h5, from python -m lusfeat.experiments.lung_crop
 NESTED_C = (0.001, 0.01, 0.1)
 METRICS = ("accuracy", "macro_f1", "qwk", "roc_auc", "video_qwk", "global_mae")
 METRIC_LABELS = {"accuracy": "frame acc", "macro_f1": "macro-F1", "qwk": "frame QWK", "roc_auc": "ROC-AUC",
@@ -142,26 +142,26 @@ class Method:
 
 
 def _paper(seed: int, _c: float | None = None, **kwargs: Any):
-    from lusfeat.head import SeverityHead
+    from lusfeat.models.head import SeverityHead
 
     return SeverityHead(random_state=seed, **kwargs)
 
 
 def _logreg(seed: int, c: float | None = None):
-    from lusfeat.head import LogisticCheck
+    from lusfeat.models.linear import StandardisedLogisticRegression
 
-    return LogisticCheck(C=c or 0.01, random_state=seed)
+    return StandardisedLogisticRegression(C=c or 0.01, random_state=seed)
 
 
 def _ordinal(seed: int, c: float | None = None, **kwargs: Any):
-    from lusfeat.ordinal import OrdinalLogisticRegression
+    from lusfeat.models.ordinal import OrdinalLogisticRegression
 
     return OrdinalLogisticRegression(C=c or 0.01, random_state=seed, **kwargs)
 
 
 def _video(inner: Callable[..., Any], **inner_kwargs: Any) -> Callable[[int, float | None], Any]:
     def make(seed: int, c: float | None = None):
-        from lusfeat.video_head import VideoPoolingClassifier
+        from lusfeat.models.video import VideoPoolingClassifier
 
         return VideoPoolingClassifier(estimator=inner(seed, c, **inner_kwargs), random_state=seed)
 
@@ -169,13 +169,13 @@ def _video(inner: Callable[..., Any], **inner_kwargs: Any) -> Callable[[int, flo
 
 
 def _fit_default(seed: int, _c: float | None = None):
-    from lusfeat.fit import FitParams
+    from lusfeat.runs import FitParams
 
     return FitParams(seed=seed).video_model()
 
 
 def _attention(seed: int, _c: float | None = None):
-    from lusfeat.video_head import AttentionVideoClassifier
+    from lusfeat.experiments.attention import AttentionVideoClassifier
 
     return AttentionVideoClassifier(random_state=seed)
 
@@ -185,7 +185,7 @@ def _balanced_paper(seed: int, _c: float | None = None):
 
 
 def _head_takes_class_weight() -> bool:
-    from lusfeat.head import SeverityHead
+    from lusfeat.models.head import SeverityHead
 
     return "class_weight" in SeverityHead().get_params()
 
@@ -271,7 +271,7 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
 
 
 def classes_from(probabilities: np.ndarray, decision: str, model: Any, X: np.ndarray, videos: np.ndarray | None) -> np.ndarray:
-    from lusfeat.ordinal import decide
+    from lusfeat.models.ordinal import decide
 
     if decision == "model":
         return np.asarray(model.predict(X, videos) if videos is not None else model.predict(X))
@@ -294,7 +294,7 @@ class PooledVideos:
     @classmethod
     def build(cls, X: np.ndarray, y: np.ndarray, videos: np.ndarray, pooling: tuple[str, ...]) -> PooledVideos:
         from lusfeat.aggregate import most_frequent
-        from lusfeat.video_head import pool_videos, video_index
+        from lusfeat.models.video import pool_videos, video_index
 
         ids, inverse = video_index(videos)
         pooled = pool_videos(X, inverse, len(ids), pooling)
@@ -308,7 +308,7 @@ def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray
     """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train`` (``frames``: the table)."""
     model = method.make(seed, c)
     if method.level in ("fit", "attention"):  # estimators that take the frames of each video themselves
-        from lusfeat.fit import video_fit_arguments, video_keys
+        from lusfeat.runs import video_fit_arguments, video_keys
 
         arguments = video_fit_arguments(frames.iloc[train])
         if method.level == "attention":

@@ -108,7 +108,7 @@ def run_extraction_subprocess(manifest: Path, data_root: str, backbone: str, wei
 def decoded_images(manifest: Path, data_root: str, spec, args: argparse.Namespace) -> np.ndarray:
     """The exact images extract feeds the network (original + augmented copies), in memory."""
     from lusfeat.augment import AugmentParams
-    from lusfeat.extract import iter_images, plan_frames
+    from lusfeat.embed import iter_images, plan_frames
     from lusfeat.manifest import read_manifest
 
     frames = plan_frames(read_manifest(manifest, data_root), args.frame_step)
@@ -130,7 +130,7 @@ def bare_throughput(spec, source, images: np.ndarray, batch_size: int) -> dict[s
     import keras
 
     from lusfeat.backbones import build_feature_extractor
-    from lusfeat.extract import Embedder
+    from lusfeat.embed import Embedder
 
     keras.backend.clear_session()
     model = build_feature_extractor(spec, source)
@@ -148,7 +148,7 @@ def bfloat16_comparison(spec, source, images: np.ndarray, reference: np.ndarray,
     import keras
 
     from lusfeat.backbones import build_feature_extractor
-    from lusfeat.extract import Embedder
+    from lusfeat.embed import Embedder
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

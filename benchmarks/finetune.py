@@ -7,7 +7,7 @@
 ``--maps`` comes from ``python -m lusfeat.extract --backbone xception --tap middle`` (or ``block13``).
 Protocol, as in benchmarks/accuracy.py: for each seed ``s``, patient-level folds
 ``lusfeat.folds.make_folds(patient_strata(frames), k, seed=s)``; ``TopBlockFineTuner(random_state=s)``
-(lusfeat.finetune: the Xception block(s) after the tap, with ImageNet weights, + average pooling +
+(lusfeat.experiments.finetune: the Xception block(s) after the tap, with ImageNet weights, + average pooling +
 Dropout 0.5 + Dense 4 softmax; Adam, head 1e-3, block 1e-4, batch 32, 3 epochs, one cached copy
 per frame per epoch, batch norm in inference mode) is trained on the training patients' maps and
 scores the held-out patients from copy 0; the held-out predictions of all folds are pooled and
@@ -49,7 +49,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def make_model(args: argparse.Namespace, tap: str, seed: int, epochs: int | None = None):
-    from lusfeat.finetune import TopBlockFineTuner
+    from lusfeat.experiments.finetune import TopBlockFineTuner
 
     return TopBlockFineTuner(tap=tap, weights=args.weights, epochs=epochs or args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, block_learning_rate=args.block_lr,
@@ -65,7 +65,7 @@ def splits_for(frames, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
 
 def consistency(args: argparse.Namespace, X: np.ndarray, pooled: np.ndarray, tap: str, frames: int = 64) -> dict[str, Any]:
     """The untrained ImageNet block on the first cached maps against the pooled file: the maps are the right ones."""
-    from lusfeat.finetune import pooled_top_features
+    from lusfeat.experiments.finetune import pooled_top_features
 
     ours = pooled_top_features(make_model(args, tap, 0).build_block(), X[0, :frames], args.batch_size)
     difference = np.abs(ours - pooled[0, :frames])

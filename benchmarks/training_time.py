@@ -144,7 +144,7 @@ def run_paper_fold(spec, source, images: np.ndarray, labels: np.ndarray, keys: n
 
 
 def severity_head(args: argparse.Namespace, seed: int):
-    from lusfeat.head import SeverityHead
+    from lusfeat.models.head import SeverityHead
 
     return SeverityHead(dropout=args.dropout, learning_rate=args.learning_rate, epochs=args.epochs,
                         batch_size=args.batch_size, random_state=seed)
@@ -167,15 +167,15 @@ def run_head_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, t
 
 def logistic_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                   seed: int) -> dict[str, Any]:
-    """lusfeat.fit's cross-check (LogisticCheck) on the same fold: its seconds and predictions."""
+    """lusfeat.fit's cross-check (StandardisedLogisticRegression) on the same fold: its seconds and predictions."""
     import warnings
 
-    from lusfeat.head import LogisticCheck
+    from lusfeat.models.linear import StandardisedLogisticRegression
 
     began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        check = LogisticCheck(random_state=seed).fit(features[:, train], labels[train])
+        check = StandardisedLogisticRegression(random_state=seed).fit(features[:, train], labels[train])
     proba = check.predict_proba(features[0, test])
     return {"logistic_seconds": time.perf_counter() - began,
             "logistic_prediction": np.asarray(check.classes_)[np.asarray(proba).argmax(axis=1)]}
@@ -185,7 +185,7 @@ def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespac
                      out: Path) -> tuple[np.ndarray, float, float]:
     """Stage one on ``frames`` into ``out``: features ``(copies, n, dim)``, wall seconds, seconds after the build."""
     from lusfeat.augment import AugmentParams
-    from lusfeat.extract import extract_backbone, make_config
+    from lusfeat.embed import extract_backbone, make_config
     from lusfeat.store import load_features
 
     config = make_config(spec, source, input_size=None, dtype="float32", augment_copies=args.augment_copies,
@@ -201,7 +201,7 @@ def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespac
 def decode_frames(frames: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray, float]:
     """All frames decoded and resized once, ``(n, size, size, 3)`` uint8, their augmentation keys, seconds."""
     from lusfeat.augment import AugmentParams, frame_key
-    from lusfeat.extract import iter_images
+    from lusfeat.embed import iter_images
 
     began = time.perf_counter()
     images = np.concatenate(list(iter_images(frames, size, 1, 0, AugmentParams())))
@@ -244,7 +244,7 @@ def video_model_seconds(features: np.ndarray, frames: pd.DataFrame, train: np.nd
     Its cost follows the number of videos (a row per video and copy), not of frames: pooling is
     a linear pass, so the time on a frame-stepped cache stands for the full-size one too.
     """
-    from lusfeat.fit import FitParams, video_fit_arguments
+    from lusfeat.runs import FitParams, video_fit_arguments
 
     rows = frames.iloc[np.flatnonzero(train)]
     began = time.perf_counter()
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from lusfeat.extract import plan_frames
+        from lusfeat.embed import plan_frames
         from lusfeat.manifest import file_sha256, read_manifest
 
         if args.folds < 2 or args.epochs < 1 or args.frame_step < 1:
@@ -470,7 +470,7 @@ def render_tables(record: dict[str, Any]) -> str:
         extrapolated.append([name, extra["paper_fold_seconds"] / 60, extra["extract_seconds"] / 60])
     parts = [header, format_table(
         ["backbone", "px", "train / test frames per fold", "(a) paper s/fold", "(b) stage two s/fold", "a/b per fold",
-         "LogisticCheck s/fold (info)", "(b) stage one s (once)", "a / (b + stage one/folds)", "(a) end to end s", "(b) end to end s",
+         "StandardisedLogisticRegression s/fold (info)", "(b) stage one s (once)", "a / (b + stage one/folds)", "(a) end to end s", "(b) end to end s",
          "end-to-end ratio"], speed),
         format_table(["backbone", "(a) accuracy", "(b) accuracy", "a-b", "(a) macro-F1", "(b) macro-F1", "a-b",
                       "(b) seed sd acc / F1"], quality),
@@ -495,7 +495,7 @@ def render_tables(record: dict[str, Any]) -> str:
                          item["fit_seconds"], item["predict_seconds"], "-", "-"])
         parts.append("Stage two at full size (target: fit <= 3 s per fold):\n"
                      + format_table(["features", "copies x train frames x dim", "SeverityHead fit s", "predict s",
-                                   "LogisticCheck fit+predict s (info)", "video model fit s (fit's default)"], rows))
+                                   "StandardisedLogisticRegression fit+predict s (info)", "video model fit s (fit's default)"], rows))
     return "\n\n".join(parts)
 
 

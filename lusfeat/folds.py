@@ -1,7 +1,7 @@
 """Patient-level stratified folds: made once, saved as ``folds.csv``, reused by every backbone.
 
 A patient's frames are strongly correlated (same probe, same lungs, often the same score), so a
-frame-level split leaks: FINDINGS measured QWK 0.74 with a leaky split against about 0.2 without.
+frame-level split leaks: the probes of docs/results.md measured QWK 0.74 with a leaky split against about 0.2 without.
 Folds are therefore made over patients, and every split is checked for disjointness when used.
 
 Stratum of a patient: its ``group`` from the manifest (COVID-BLUES: covid / negative) when it has

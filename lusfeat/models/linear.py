@@ -20,7 +20,7 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
     All copies are stacked as training rows (each copy a frame of its own, as the head sees them
     over its epochs). ``C=0.001`` is strong L2, on purpose: 2048 standardised dimensions, rows
     that are three copies of frames of a few dozen patients, and the earlier probes found nothing
-    better anywhere in C 0.001-1 (FINDINGS). The smallest C is also the fastest: on Xception
+    better anywhere in C 0.001-1 (docs/results.md, probes). The smallest C is also the fastest: on Xception
     features of COVID-BLUES (every 10th frame, 6,500 rows a fold) L-BFGS converged in 74-80
     iterations against 127-140 at C=0.01 (about 2 s against 2.7 s CPU), with pooled QWK 0.15
     against 0.12. ``pipeline_`` is the fitted ``Pipeline(StandardScaler, LogisticRegression)``;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -152,24 +151,13 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def save_json(record: dict[str, Any], out: str | os.PathLike | None, stem: str) -> Path:
     """Write ``record`` to ``out`` (a .json file or a folder; default benchmarks/results/) atomically."""
+    from lusfeat.files import write_json
+
     target = Path(out) if out else RESULTS_DIR
     if target.suffix != ".json":
         target = target / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
-    os.replace(temporary, target)
-    return target
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+    return write_json(record, target)
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

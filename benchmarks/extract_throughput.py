@@ -15,7 +15,8 @@ For each backbone, on the same COVID-BLUES frames and augmented copies:
   before and after the extraction so that drift shows;
 - **memory**: extraction again on ``--memory-factor`` times as many videos (4N frames): its peak
   resident memory should equal the one at N;
-- **bfloat16** (optional): the compiled call under ``mixed_bfloat16``, its speed and the cosine
+- **bfloat16** (optional): the compiled call of the extractor ``lusfeat.extract --precision bfloat16``
+  builds (``build_feature_extractor(..., precision="bfloat16")``), its speed and the cosine
   similarity of its features to the float32 ones on the same real frames.
 
 Prints a markdown table and writes JSON (with machine and version info) to benchmarks/results/.
@@ -144,21 +145,19 @@ def bare_throughput(spec, source, images: np.ndarray, batch_size: int) -> dict[s
 
 
 def bfloat16_comparison(spec, source, images: np.ndarray, reference: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Compiled call under ``mixed_bfloat16``: images/s and cosine similarity to float32 features."""
+    """The compiled call of the shipped bfloat16 extractor: images/s and cosine similarity to float32 features.
+
+    Built as ``lusfeat.extract --precision bfloat16`` builds it (``build_feature_extractor(...,
+    precision="bfloat16")``), so the measurement is of the code that ships.
+    """
     import keras
 
     from lusfeat.backbones import build_feature_extractor
     from lusfeat.embed import Embedder
 
     keras.backend.clear_session()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        model = build_feature_extractor(spec, source)
-        embed = Embedder(model, batch_size)
-        seconds, features = time_call(embed, images, batch_size)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-        keras.backend.clear_session()
+    embed = Embedder(build_feature_extractor(spec, source, precision="bfloat16"), batch_size)
+    seconds, features = time_call(embed, images, batch_size)
     dot = np.sum(features * reference, axis=1)
     norms = np.linalg.norm(features, axis=1) * np.linalg.norm(reference, axis=1)
     cosine = dot / np.maximum(norms, 1e-12)

@@ -48,18 +48,18 @@ from benchmarks._common import (  # noqa: E402
     select_patients,
 )
 from lusfeat.errors import LusfeatError  # noqa: E402
+from lusfeat.scores import CLASSES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_FRAMES = 31_746  # COVID-BLUES, every frame
-N_CLASSES = 4
 
 
-def frame_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
+def frame_scores(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Frame accuracy and macro-F1 of held-out probabilities, by ``lusfeat.metrics`` (argmax, ties to the higher)."""
+    from lusfeat.metrics import classification_metrics
 
-    return {"accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(N_CLASSES)),
-                                       zero_division=0))}
+    metrics = classification_metrics(y_true, probabilities)
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def paper_model(spec, source, learning_rate: float, dropout: float):
     inputs = keras.Input(extractor.input_shape[1:], dtype="uint8")
     x = extractor(inputs, training=False)
     x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(N_CLASSES, activation="softmax")(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
     model = keras.Model(inputs, outputs, name=f"paper_{spec.name}")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -136,7 +136,7 @@ def run_paper_fold(spec, source, images: np.ndarray, labels: np.ndarray, keys: n
     done = time.perf_counter()
     return {"seconds": done - began, "build_seconds": built - began, "train_seconds": trained - built,
             "predict_seconds": done - trained, "epoch_seconds": epoch_seconds, "n_train": int(train.sum()),
-            "n_test": int(test.sum()), "prediction": proba.argmax(axis=1)}
+            "n_test": int(test.sum()), "probabilities": proba}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def run_head_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, t
     proba = head.predict_proba(features[0, test])
     done = time.perf_counter()
     record = {"seconds": done - began, "train_seconds": trained - began, "predict_seconds": done - trained,
-              "prediction": np.asarray(head.classes_)[np.asarray(proba).argmax(axis=1)]}
+              "probabilities": proba}
     if with_logistic:
         record.update(logistic_fold(features, labels, train, test, seed))
     return record
@@ -167,7 +167,7 @@ def run_head_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, t
 
 def logistic_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                   seed: int) -> dict[str, Any]:
-    """lusfeat.fit's cross-check (StandardisedLogisticRegression) on the same fold: its seconds and predictions."""
+    """lusfeat.fit's cross-check (StandardisedLogisticRegression) on the same fold: its seconds and probabilities."""
     import warnings
 
     from lusfeat.models.linear import StandardisedLogisticRegression
@@ -177,8 +177,7 @@ def logistic_fold(features: np.ndarray, labels: np.ndarray, train: np.ndarray, t
         warnings.simplefilter("ignore", category=UserWarning)
         check = StandardisedLogisticRegression(random_state=seed).fit(features[:, train], labels[train])
     proba = check.predict_proba(features[0, test])
-    return {"logistic_seconds": time.perf_counter() - began,
-            "logistic_prediction": np.asarray(check.classes_)[np.asarray(proba).argmax(axis=1)]}
+    return {"logistic_seconds": time.perf_counter() - began, "logistic_probabilities": proba}
 
 
 def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespace, manifest_sha256: str,
@@ -229,8 +228,8 @@ def time_head_at_size(features: np.ndarray, labels: np.ndarray, args: argparse.N
 def synthetic_full_size(n_train: int, dim: int, copies: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Stage two on random features of the full-size shape (timing only; the values do not matter)."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, N_CLASSES, n_train)
-    centres = rng.normal(size=(N_CLASSES, dim)).astype(np.float32)
+    labels = rng.integers(0, len(CLASSES), n_train)
+    centres = rng.normal(size=(len(CLASSES), dim)).astype(np.float32)
     features = rng.random((copies, n_train, dim), dtype=np.float32) + 0.1 * centres[labels]
     runs = [time_head_at_size(features, labels, args) for _ in range(max(1, args.synthetic_repeats))]
     fits = [run["fit_seconds"] for run in runs]
@@ -294,35 +293,36 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
     print(f"[{name}] stage one: extracting {len(frames)} frames x {args.augment_copies + 1} copies", file=sys.stderr)
     features, extract_seconds, extract_loop_seconds = extract_features(frames, spec, source, args, manifest_sha256, work / f"{name}.h5")
     print(f"[{name}] stage one took {extract_seconds:.1f} s; stage two per fold", file=sys.stderr)
-    lusfeat_folds, lusfeat_pred, logistic_pred = [], np.full(len(frames), -1), np.full(len(frames), -1)
+    held_out = (len(frames), len(CLASSES))
+    lusfeat_folds, lusfeat_proba, logistic_proba = [], np.zeros(held_out), np.zeros(held_out)
     for fold in range(n_folds):
         result = run_head_fold(features, labels, folds != fold, folds == fold, args, args.seed + fold, True)
-        lusfeat_pred[folds == fold] = result.pop("prediction")
-        logistic_pred[folds == fold] = result.pop("logistic_prediction")
+        lusfeat_proba[folds == fold] = result.pop("probabilities")
+        logistic_proba[folds == fold] = result.pop("logistic_probabilities")
         lusfeat_folds.append(result)
     seed_scores = []
     for extra in range(args.head_seeds):
-        prediction = np.full(len(frames), -1)
+        probabilities = np.zeros(held_out)
         for fold in range(n_folds):
             result = run_head_fold(features, labels, folds != fold, folds == fold, args, 1000 * (extra + 1) + fold)
-            prediction[folds == fold] = result["prediction"]
-        seed_scores.append(frame_scores(labels, prediction))
+            probabilities[folds == fold] = result["probabilities"]
+        seed_scores.append(frame_scores(labels, probabilities))
 
     print(f"[{name}] paper method: decoding {len(frames)} frames at {spec.input_size} px", file=sys.stderr)
     images, keys, decode_seconds = decode_frames(frames, spec.input_size)
-    paper_folds, paper_pred = [], np.full(len(frames), -1)
+    paper_folds, paper_proba = [], np.zeros(held_out)
     for fold in range(n_folds):
         print(f"[{name}] paper method: fold {fold + 1}/{n_folds}", file=sys.stderr)
         result = run_paper_fold(spec, source, images, labels, keys, folds != fold, folds == fold, args,
                                 args.seed + fold)
-        paper_pred[folds == fold] = result.pop("prediction")
+        paper_proba[folds == fold] = result.pop("probabilities")
         paper_folds.append(result)
         print(f"[{name}]   {result['seconds']:.1f} s", file=sys.stderr)
 
     paper_fold_seconds = float(np.mean([r["seconds"] for r in paper_folds]))
     lusfeat_fold_seconds = float(np.mean([r["seconds"] for r in lusfeat_folds]))
-    paper_scores = frame_scores(labels, paper_pred)
-    lusfeat_scores = frame_scores(labels, lusfeat_pred)
+    paper_scores = frame_scores(labels, paper_proba)
+    lusfeat_scores = frame_scores(labels, lusfeat_proba)
     seed_accuracy = [s["accuracy"] for s in seed_scores] + [lusfeat_scores["accuracy"]]
     seed_f1 = [s["macro_f1"] for s in seed_scores] + [lusfeat_scores["macro_f1"]]
     n_train_mean = float(np.mean([r["n_train"] for r in paper_folds]))
@@ -352,7 +352,7 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
                                     "macro_f1_mean": float(np.mean(seed_f1)),
                                     "macro_f1_sd": float(np.std(seed_f1, ddof=1)) if len(seed_f1) > 1 else None},
                     "logistic_check": {"fold_seconds_mean": float(np.mean([r["logistic_seconds"] for r in lusfeat_folds])),
-                                       **frame_scores(labels, logistic_pred)},
+                                       **frame_scores(labels, logistic_proba)},
                     **lusfeat_scores},
         "ratio_per_fold": [a["seconds"] / b["seconds"] for a, b in zip(paper_folds, lusfeat_folds, strict=True)],
         "ratio_fold_mean": paper_fold_seconds / lusfeat_fold_seconds,
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {key: value for key, value in vars(args).items() if key not in ("out", "work_dir")},
             "patients": patients, "frames": len(frames),
             "frames_per_fold": [int((folds == f).sum()) for f in range(args.folds)],
-            "scores_per_fold": [np.bincount(frames["score"].to_numpy(int)[folds == f], minlength=N_CLASSES).tolist()
+            "scores_per_fold": [np.bincount(frames["score"].to_numpy(int)[folds == f], minlength=len(CLASSES)).tolist()
                                 for f in range(args.folds)],
             "augmentation_a": "lusfeat.augment.augment_frame (Pillow affine, AugmentParams defaults) in a "
                               "keras.utils.PyDataset: a fresh random copy of every training image every epoch",

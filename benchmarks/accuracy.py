@@ -17,7 +17,7 @@ seeds:
 
 - frame level: accuracy, macro-F1, quadratic weighted kappa (QWK), macro one-vs-rest ROC-AUC;
 - video level: QWK of the video score (most frequent frame score, ties to the higher; a
-  video-level method gives all its frames one score);
+  video-level method gives all its frames one score); a video is a (patient, video) pair;
 - patient level: mean absolute error of the global score (region score = most frequent frame
   score, ties to the higher; global = sum over the patient's regions; ``lusfeat.aggregate``).
 
@@ -27,10 +27,14 @@ code, with its own inner choice of C: it must score what the ``video-ordinal+bal
 The ``*-leaky`` rows repeat a method with a frame-level random split (a patient's frames on both
 sides): not a result, a warning of what a frame-level split fakes.
 
+Metrics come from ``lusfeat.metrics.evaluate`` (frame and video level) and ``lusfeat.aggregate``
+(region and patient level); classes and the tie rule from ``lusfeat.scores``.
+
 Hyper-parameters: fixed in advance (the paper's head; C = 0.01 for the linear frame-level models,
 StandardisedLogisticRegression's default from the earlier probes), except for the video-level models, whose L2
-strength C is chosen by nested CV: an inner patient-level 3-fold split of the *training* patients
-only, grid ``NESTED_C``, criterion video-level QWK. The test fold is never used for a choice.
+strength C is chosen by nested CV, ``lusfeat.models.video.VideoPoolingClassifier``'s own (``Cs``):
+an inner patient-level 3-fold split of the *training* patients only, grid ``NESTED_C``, criterion
+video-level QWK, a tie to the smaller C. The test fold is never used for a choice.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +59,8 @@ if __package__ in (None, ""):
 
 from benchmarks._common import command_line, format_table, machine_info, save_json  # noqa: E402
 from lusfeat.errors import LusfeatError  # noqa: E402
+from lusfeat.scores import CLASSES  # noqa: E402
 
-N_CLASSES = 4
 LUNG_CROP_PREFIX = "lung_crop/"  # FEATURES/lung_crop/<backbone>.h5, from python -m lusfeat.experiments.lung_crop
 NESTED_C = (0.001, 0.01, 0.1)
 METRICS = ("accuracy", "macro_f1", "qwk", "roc_auc", "video_qwk", "global_mae")
@@ -127,61 +133,59 @@ def load_data(folder: Path, names: list[str]) -> Data:
 
 @dataclass(frozen=True)
 class Method:
-    """One configuration: features, a model factory ``(seed, C) -> estimator``, how to read classes."""
+    """One configuration: features, a model factory ``seed -> estimator``, how to read classes."""
 
     name: str
     description: str
     features: tuple[str, ...]
-    make: Callable[[int, float | None], Any]
-    level: str = "frame"  # "video": pooled rows; "attention" / "fit": the estimator takes each video's frames
+    make: Callable[[int], Any]
+    # "frame": frame rows; "video" / "fit": a VideoPoolingClassifier, given videos, patients and strata;
+    # "attention": an estimator given the videos only
+    level: str = "frame"
     decision: str = "argmax"  # "argmax" | "expected" | "median" | "model" (the estimator's predict)
-    nested_c: tuple[float, ...] = ()
+    nested_c: tuple[float, ...] = ()  # the C grid the estimator chooses from (reported)
     leaky: bool = False
     group: str = "candidate"  # "baseline" | "leaky" | "candidate"
     copies: int | None = None  # train on the first N cached copies only (None: all)
 
 
-def _paper(seed: int, _c: float | None = None, **kwargs: Any):
+def _paper(seed: int, **kwargs: Any):
     from lusfeat.models.head import SeverityHead
 
     return SeverityHead(random_state=seed, **kwargs)
 
 
-def _logreg(seed: int, c: float | None = None):
+def _logreg(seed: int):
     from lusfeat.models.linear import StandardisedLogisticRegression
 
-    return StandardisedLogisticRegression(C=c or 0.01, random_state=seed)
+    return StandardisedLogisticRegression(C=0.01, random_state=seed)
 
 
-def _ordinal(seed: int, c: float | None = None, **kwargs: Any):
+def _ordinal(seed: int, **kwargs: Any):
     from lusfeat.models.ordinal import OrdinalLogisticRegression
 
-    return OrdinalLogisticRegression(C=c or 0.01, random_state=seed, **kwargs)
+    return OrdinalLogisticRegression(C=0.01, random_state=seed, **kwargs)
 
 
-def _video(inner: Callable[..., Any], **inner_kwargs: Any) -> Callable[[int, float | None], Any]:
-    def make(seed: int, c: float | None = None):
+def _video(inner: Callable[..., Any], Cs: tuple[float, ...], **inner_kwargs: Any) -> Callable[[int], Any]:
+    def make(seed: int):
         from lusfeat.models.video import VideoPoolingClassifier
 
-        return VideoPoolingClassifier(estimator=inner(seed, c, **inner_kwargs), random_state=seed)
+        return VideoPoolingClassifier(estimator=inner(seed, **inner_kwargs), Cs=Cs, random_state=seed)
 
     return make
 
 
-def _fit_default(seed: int, _c: float | None = None):
+def _fit_default(seed: int):
     from lusfeat.runs import FitParams
 
     return FitParams(seed=seed).video_model()
 
 
-def _attention(seed: int, _c: float | None = None):
+def _attention(seed: int):
     from lusfeat.experiments.attention import AttentionVideoClassifier
 
     return AttentionVideoClassifier(random_state=seed)
-
-
-def _balanced_paper(seed: int, _c: float | None = None):
-    return _paper(seed, class_weight="balanced")
 
 
 def _head_takes_class_weight() -> bool:
@@ -192,6 +196,13 @@ def _head_takes_class_weight() -> bool:
 
 def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...] = NESTED_C,
                   lung: bool = False) -> list[Method]:
+    from lusfeat.runs import FitParams
+
+    def video(name: str, description: str, features: tuple[str, ...], inner: Callable[..., Any],
+              **inner_kwargs: Any) -> Method:
+        return Method(name, description, features, _video(inner, nested_c, **inner_kwargs), level="video",
+                      decision="model", nested_c=nested_c)
+
     methods: list[Method] = []
     for bb in backbones:
         feats = (bb,)
@@ -205,7 +216,8 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
             Method(f"{bb}/logreg-leaky", "the cross-check under a frame-level random split (LEAKY)", feats, _logreg,
                    leaky=True, group="leaky"),
             Method(f"{bb}/fit-default", "lusfeat.fit's default model (--preset video) itself: video-ordinal+balanced "
-                   "with its own inner choice of C", feats, _fit_default, level="fit", decision="model"),
+                   "with its own inner choice of C", feats, _fit_default, level="fit", decision="model",
+                   nested_c=FitParams.video_Cs),
         ]
     bb = backbones[0]
     feats = (bb,)
@@ -215,42 +227,40 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
     ]
     if _head_takes_class_weight():
         methods.append(Method(f"{bb}/paper+balanced", "(d) paper head with balanced class weights in the loss",
-                              feats, _balanced_paper))
+                              feats, partial(_paper, class_weight="balanced")))
     methods += [
         Method(f"{bb}/ordinal", "(b) cumulative-link (proportional-odds) logistic regression, C=0.01, median",
                feats, _ordinal, decision="model"),
         Method(f"{bb}/ordinal+balanced", "(b)+(d) the same with balanced class weights", feats,
-               lambda s, c=None: _ordinal(s, c, class_weight="balanced"), decision="model"),
-        Method(f"{bb}/video-logreg", "(a) video level: mean+std+max of frame features -> logistic regression, "
-               "C nested", feats, _video(_logreg), level="video", nested_c=nested_c),
-        Method(f"{bb}/video-ordinal", "(a)+(b) video level: mean+std+max -> ordinal regression, C nested", feats,
-               _video(_ordinal), level="video", decision="model", nested_c=nested_c),
-        Method(f"{bb}/video-ordinal+balanced", "(a)+(b)+(d) the same with balanced class weights", feats,
-               _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
-        Method(f"{bb}+patient/video-ordinal+balanced", "(a)+(b)+(d) with patient context: each video's pooled "
-               "features beside the mean features of all its patient's frames, C nested", (bb, bb + PATIENT_CONTEXT),
-               _video(_ordinal, class_weight="balanced"), level="video", decision="model", nested_c=nested_c),
+               partial(_ordinal, class_weight="balanced"), decision="model"),
+        video(f"{bb}/video-logreg", "(a) video level: mean+std+max of frame features -> logistic regression, "
+              "C nested", feats, _logreg),
+        video(f"{bb}/video-ordinal", "(a)+(b) video level: mean+std+max -> ordinal regression, C nested", feats,
+              _ordinal),
+        video(f"{bb}/video-ordinal+balanced", "(a)+(b)+(d) the same with balanced class weights", feats,
+              _ordinal, class_weight="balanced"),
+        video(f"{bb}+patient/video-ordinal+balanced", "(a)+(b)+(d) with patient context: each video's pooled "
+              "features beside the mean features of all its patient's frames, C nested", (bb, bb + PATIENT_CONTEXT),
+              _ordinal, class_weight="balanced"),
         Method(f"{bb}/video-attention", "(a) video level: attention pooling over frames (hidden 64, attention 32, "
                "dropout 0.5, AdamW 1e-3 wd 1e-3, 40 epochs, batch 16, balanced), argmax", feats, _attention,
                level="attention"),
     ]
     if len(backbones) > 1:
         both = tuple(backbones[:2])
-        methods.append(Method(f"{'+'.join(both)}/video-ordinal+balanced", "(a)+(b)+(d) video level on the first two "
-                              "backbones' features side by side, C nested", both,
-                              _video(_ordinal, class_weight="balanced"), level="video", decision="model",
-                              nested_c=nested_c))
+        methods.append(video(f"{'+'.join(both)}/video-ordinal+balanced", "(a)+(b)+(d) video level on the first two "
+                             "backbones' features side by side, C nested", both, _ordinal, class_weight="balanced"))
     if signal:
         sig = ("lus_signal",)
         methods += [
             Method("lus_signal/ordinal", "(c) hand-made LUS signal alone (24 numbers), ordinal regression C=0.01",
                    sig, _ordinal, decision="model"),
-            Method("lus_signal/video-ordinal", "(c) signal alone, video level mean+std+max, ordinal, C nested", sig,
-                   _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+            video("lus_signal/video-ordinal", "(c) signal alone, video level mean+std+max, ordinal, C nested", sig,
+                  _ordinal),
             Method(f"{bb}+lus_signal/ordinal", "(c) backbone features + signal, ordinal regression C=0.01",
                    (bb, "lus_signal"), _ordinal, decision="model"),
-            Method(f"{bb}+lus_signal/video-ordinal", "(a)+(b)+(c) video level, backbone + signal, ordinal, C nested",
-                   (bb, "lus_signal"), _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+            video(f"{bb}+lus_signal/video-ordinal", "(a)+(b)+(c) video level, backbone + signal, ordinal, C nested",
+                  (bb, "lus_signal"), _ordinal),
         ]
     if lung:
         crop = (LUNG_CROP_PREFIX + bb,)
@@ -261,8 +271,8 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
                    crop, _paper),
             Method(f"{bb}-lung/ordinal", "lung crop features, ordinal regression C=0.01", crop, _ordinal,
                    decision="model"),
-            Method(f"{bb}-lung/video-ordinal", "lung crop features, video level mean+std+max, ordinal, C nested",
-                   crop, _video(_ordinal), level="video", decision="model", nested_c=nested_c),
+            video(f"{bb}-lung/video-ordinal", "lung crop features, video level mean+std+max, ordinal, C nested",
+                  crop, _ordinal),
         ]
     return methods
 
@@ -270,132 +280,61 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
 # --------------------------------------------------------------------------- evaluation
 
 
-def classes_from(probabilities: np.ndarray, decision: str, model: Any, X: np.ndarray, videos: np.ndarray | None) -> np.ndarray:
+def fit_predict(method: Method, X: np.ndarray, frames: pd.DataFrame, train: np.ndarray,
+                test: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Held-out ``(probabilities, classes)`` of the ``test`` frames from the method's model fitted on ``train``, and the model."""
     from lusfeat.models.ordinal import decide
+    from lusfeat.runs import video_fit_arguments, video_keys
 
-    if decision == "model":
-        return np.asarray(model.predict(X, videos) if videos is not None else model.predict(X))
-    return decide(probabilities, decision)
-
-
-@dataclass
-class PooledVideos:
-    """Every video's pooled features, computed once: pooling a video does not depend on the split.
-
-    Fitting the video-level estimator on these rows is exactly what ``VideoPoolingClassifier.fit``
-    does on the training frames (each video's statistics use its own frames only), minus the
-    repeated pooling.
-    """
-
-    features: np.ndarray  # (copies, videos, dim)
-    scores: np.ndarray  # per video
-    inverse: np.ndarray  # frame -> video position
-
-    @classmethod
-    def build(cls, X: np.ndarray, y: np.ndarray, videos: np.ndarray, pooling: tuple[str, ...]) -> PooledVideos:
-        from lusfeat.aggregate import most_frequent
-        from lusfeat.models.video import pool_videos, video_index
-
-        ids, inverse = video_index(videos)
-        pooled = pool_videos(X, inverse, len(ids), pooling)
-        scores = pd.Series(y).groupby(inverse).agg(most_frequent).to_numpy().astype(np.int32)
-        return cls(pooled, scores, inverse)
-
-
-def fit_predict(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, train: np.ndarray,
-                test: np.ndarray, seed: int, c: float | None, pooled: PooledVideos | None = None,
-                frames: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out ``(probabilities, classes)`` of ``test`` from a model fitted on ``train`` (``frames``: the table)."""
-    model = method.make(seed, c)
-    if method.level in ("fit", "attention"):  # estimators that take the frames of each video themselves
-        from lusfeat.runs import video_fit_arguments, video_keys
-
+    y = frames["score"].to_numpy().astype(np.int32)
+    model = method.make(seed)
+    if method.level == "frame":
+        model.fit(X[:, train], y[train])
+        held_out: tuple[Any, ...] = (X[0, test],)
+    else:  # estimators that take the frames of each video themselves
         arguments = video_fit_arguments(frames.iloc[train])
         if method.level == "attention":
             arguments = {"videos": arguments["videos"]}  # it takes no patients
         model.fit(X[:, train], y[train], **arguments)
-        keys = video_keys(frames.iloc[test])
-        return model.predict_proba(X[0, test], keys), model.predict(X[0, test], keys)
-    if method.level == "video":
-        if pooled is None:
-            pooled = PooledVideos.build(X, y, videos, tuple(model.pooling))
-        train_videos, test_videos = np.unique(pooled.inverse[train]), np.unique(pooled.inverse[test])
-        if np.intersect1d(train_videos, test_videos).size:
-            raise LusfeatError("a video has frames on both sides of the split")
-        estimator = model.estimator
-        estimator.fit(pooled.features[:, train_videos], pooled.scores[train_videos])
-        video_probabilities = np.asarray(estimator.predict_proba(pooled.features[:1, test_videos]))
-        position = np.searchsorted(test_videos, pooled.inverse[test])
-        probabilities = video_probabilities[position]
-        if method.decision == "model":
-            classes = np.asarray(estimator.predict(pooled.features[:1, test_videos]))[position]
-        else:
-            classes = classes_from(probabilities, method.decision, None, X[:, test], None)
-        return probabilities, classes
-    X_train, X_test = X[:, train], X[:, test]
-    model.fit(X_train, y[train])
-    probabilities = model.predict_proba(X_test)
-    return probabilities, classes_from(probabilities, method.decision, model, X_test, None)
+        held_out = (X[0, test], video_keys(frames.iloc[test]))
+    probabilities = np.asarray(model.predict_proba(*held_out), dtype=np.float64)
+    classes = model.predict(*held_out) if method.decision == "model" else decide(probabilities, method.decision)
+    return probabilities, np.asarray(classes).astype(np.int64), model
 
 
-def choose_c(method: Method, X: np.ndarray, y: np.ndarray, videos: np.ndarray, frames: pd.DataFrame,
-             train: np.ndarray, seed: int, pooled: PooledVideos | None = None) -> tuple[float, dict[str, float]]:
-    """Nested CV inside the training patients: the C of ``method.nested_c`` with the best video QWK."""
-    from lusfeat.folds import make_folds, patient_strata, split_frames
+def score(frames: pd.DataFrame, probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Every metric of the module docstring, on held-out predictions of all frames.
 
-    inner_frames = frames.iloc[train].reset_index(drop=True)
-    inner_folds = make_folds(patient_strata(inner_frames), 3, seed=seed + 1000)
-    splits = [split_frames(inner_frames, inner_folds, fold) for fold in range(1, 4)]
-    scores = {}
-    for c in method.nested_c:
-        predicted = np.zeros(len(train), np.int64)
-        for inner_train, inner_test in splits:
-            # Indices back into the full table, so the pooled videos are reused.
-            _, classes = fit_predict(method, X, y, videos, train[inner_train], train[inner_test], seed, c, pooled)
-            predicted[inner_test] = classes
-        scores[str(c)] = video_qwk(inner_frames, predicted)
-    best = max(method.nested_c, key=lambda c: (scores[str(c)], -c))  # a tie goes to the stronger penalty
-    return best, scores
+    An undefined kappa (None in ``lusfeat.metrics``) is NaN here, so that it can be averaged over seeds.
+    """
+    from lusfeat.aggregate import aggregate, proba_columns
+    from lusfeat.metrics import evaluate
 
-
-def video_qwk(frames: pd.DataFrame, predicted: np.ndarray) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
-    from lusfeat.aggregate import most_frequent
-
-    table = pd.DataFrame({"video": frames["video_id"].astype(str).to_numpy(), "truth": frames["score"].to_numpy(),
-                          "pred": predicted})
-    per_video = table.groupby("video", sort=False).agg(truth=("truth", most_frequent), pred=("pred", most_frequent))
-    return float(cohen_kappa_score(per_video["truth"], per_video["pred"], weights="quadratic",
-                                   labels=list(range(N_CLASSES))))
-
-
-def score(frames: pd.DataFrame, probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Every metric of the module docstring, on held-out predictions of all frames."""
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
-
-    from lusfeat.aggregate import global_scores, region_scores
-
-    truth = frames["score"].to_numpy().astype(int)
-    labels = list(range(N_CLASSES))
-    probabilities = np.clip(probabilities, 0, None)
-    probabilities = probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
-    table = frames[["patient_id", "region", "video_id", "score"]].copy()
-    for k in labels:
-        table[f"m_p{k}"] = probabilities[:, k]
-    table["m_pred"] = predicted
-    regions = region_scores(table, "m", rule="mode")
-    patients = global_scores(regions)
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
-        "qwk": float(cohen_kappa_score(truth, predicted, weights="quadratic", labels=labels)),
-        "roc_auc": float(roc_auc_score(truth, probabilities, multi_class="ovr", average="macro", labels=labels)),
-        "video_qwk": video_qwk(frames, predicted),
-        "region_qwk": float(cohen_kappa_score(regions["truth"], regions["pred"], weights="quadratic", labels=labels)),
-        "global_mae": float(patients["abs_error"].mean()),
-        "predicted_counts": np.bincount(predicted, minlength=N_CLASSES).tolist(),
+    metrics = evaluate(frames, probabilities, predicted)
+    table = frames[["patient_id", "region", "score"]].assign(
+        **dict(zip(proba_columns("model"), np.asarray(probabilities).T, strict=True)), model_pred=predicted)
+    patients = aggregate(table, "model", rule="mode").agreement
+    values = {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "qwk": metrics["qwk"],
+        "roc_auc": metrics["roc_auc_macro"],
+        "video_qwk": metrics["video"]["qwk"],
+        "region_qwk": patients["region_qwk"],
+        "global_mae": patients["global_mae"],
     }
+    return {**{key: math.nan if value is None else value for key, value in values.items()},
+            "predicted_counts": np.asarray(metrics["confusion_matrix"]).sum(axis=0).tolist()}
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation, min and max over seeds of every metric."""
+    summary = {}
+    for metric in (*METRICS, "region_qwk"):
+        values = np.array([row[metric] for row in per_seed])
+        summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                           "min": float(values.min()), "max": float(values.max())}
+    return summary
 
 
 def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> dict[str, Any]:
@@ -408,8 +347,6 @@ def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> di
         X = X[:method.copies]
     frames = data.frames
     y = frames["score"].to_numpy().astype(np.int32)
-    videos = frames["video_id"].astype(str).to_numpy()
-    pooled = PooledVideos.build(X, y, videos, tuple(method.make(0, None).pooling)) if method.level == "video" else None
     per_seed, chosen, began = [], [], time.perf_counter()
     for seed in seeds:
         if method.leaky:
@@ -418,28 +355,20 @@ def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> di
         else:
             folds = make_folds(patient_strata(frames), n_folds, seed=seed)
             splits = [split_frames(frames, folds, fold) for fold in range(1, n_folds + 1)]
-        probabilities = np.zeros((len(y), N_CLASSES))
+        probabilities = np.zeros((len(y), len(CLASSES)))
         predicted = np.zeros(len(y), np.int64)
         for fold, (train, test) in enumerate(splits, start=1):
-            c = None
-            if method.nested_c:
-                c, inner = choose_c(method, X, y, videos, frames, train, seed, pooled)
-                chosen.append({"seed": seed, "fold": fold, "C": c, "inner_video_qwk": inner})
-            probabilities[test], predicted[test] = fit_predict(method, X, y, videos, train, test, seed, c, pooled,
-                                                               frames=frames)
+            probabilities[test], predicted[test], model = fit_predict(method, X, frames, train, test, seed)
+            if hasattr(model, "C_"):
+                chosen.append({"seed": seed, "fold": fold, "C": model.C_, "inner_video_qwk": model.inner_qwk_})
         per_seed.append({"seed": seed, **score(frames, probabilities, predicted)})
         print(f"  {method.name} seed {seed}: " + ", ".join(f"{k} {per_seed[-1][k]:.3f}" for k in METRICS),
               file=sys.stderr, flush=True)
-    summary = {}
-    for metric in (*METRICS, "region_qwk"):
-        values = np.array([row[metric] for row in per_seed])
-        summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                           "min": float(values.min()), "max": float(values.max())}
     return {"name": method.name, "description": method.description, "group": method.group,
             "features": list(method.features), "level": method.level, "decision": method.decision,
             "split": "frame-level random (LEAKY)" if method.leaky else "patient-level",
-            "nested_c_grid": list(method.nested_c), "chosen_c": chosen, "per_seed": per_seed, "summary": summary,
-            "seconds": time.perf_counter() - began}
+            "nested_c_grid": list(method.nested_c), "chosen_c": chosen, "per_seed": per_seed,
+            "summary": summarise(per_seed), "seconds": time.perf_counter() - began}
 
 
 def wins_over(candidate: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
@@ -522,14 +451,16 @@ def main(argv: list[str] | None = None) -> int:
         reference = baselines.get(result["features"][0], baselines.get(backbones[0]))
         if result["group"] == "candidate" and reference is not None:
             result["versus_paper"] = wins_over(result, reference)
+    from lusfeat.runs import video_keys
+
     frames = data.frames
     record = {
         "benchmark": "accuracy",
         "commands": commands,
         "protocol": __doc__.split("\n\n", 2)[2].strip(),
         "data": {"frames": len(frames), "patients": int(frames["patient_id"].nunique()),
-                 "videos": int(frames["video_id"].nunique()),
-                 "score_counts": np.bincount(frames["score"].astype(int), minlength=N_CLASSES).tolist()},
+                 "videos": len(set(video_keys(frames))),
+                 "score_counts": np.bincount(frames["score"].astype(int), minlength=len(CLASSES)).tolist()},
         "feature_files": {**(json.loads(Path(args.append).read_text()).get("feature_files", {}) if args.append else {}),
                           **data.sources},
         "seeds": seeds,

@@ -34,18 +34,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import command_line, format_table, machine_info, publish, save_json  # noqa: E402
-from benchmarks.accuracy import METRIC_LABELS, METRICS, N_CLASSES, score, wins_over  # noqa: E402
+from benchmarks.accuracy import METRIC_LABELS, METRICS, score, summarise, wins_over  # noqa: E402
 from lusfeat.errors import LusfeatError  # noqa: E402
-
-
-def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean, sample sd, min and max over seeds of every metric (as benchmarks/accuracy.py)."""
-    summary = {}
-    for metric in (*METRICS, "region_qwk"):
-        values = np.array([row[metric] for row in per_seed])
-        summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                           "min": float(values.min()), "max": float(values.max())}
-    return summary
+from lusfeat.scores import CLASSES, argmax_high  # noqa: E402
 
 
 def make_model(args: argparse.Namespace, tap: str, seed: int, epochs: int | None = None):
@@ -103,7 +94,7 @@ def run(args: argparse.Namespace, X: np.ndarray, y: np.ndarray, frames, tap: str
                               "features": [Path(args.maps).stem], "per_seed": [], "folds": []}
     record["results"].append(result)
     for seed in args.seed_list:
-        probabilities = np.zeros((len(y), N_CLASSES))
+        probabilities = np.zeros((len(y), len(CLASSES)))
         predicted = np.zeros(len(y), np.int64)
         for fold, (train, test) in enumerate(splits_for(frames, args.folds, seed), start=1):
             began = time.perf_counter()
@@ -112,7 +103,7 @@ def run(args: argparse.Namespace, X: np.ndarray, y: np.ndarray, frames, tap: str
             began = time.perf_counter()
             probabilities[test] = model.predict_proba(X[:1, test])
             predict_seconds = time.perf_counter() - began
-            predicted[test] = np.argmax(probabilities[test], axis=1)
+            predicted[test] = CLASSES[argmax_high(probabilities[test])]
             result["folds"].append({"seed": seed, "fold": fold, "train_frames": len(train), "test_frames": len(test),
                                     "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
                                     "history": model.history_})
@@ -183,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lusfeat.runs import video_keys
     from lusfeat.store import load_maps
 
     args = build_parser().parse_args(argv)
@@ -214,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                  "shape": list(X.shape), "gigabytes_in_memory": X.nbytes / 1e9, "load_seconds": load_seconds,
                  "file_gigabytes": maps_path.stat().st_size / 1e9},
         "data": {"frames": len(frames), "patients": int(frames["patient_id"].nunique()),
-                 "videos": int(frames["video_id"].nunique()),
-                 "score_counts": np.bincount(y, minlength=N_CLASSES).tolist()},
+                 "videos": len(set(video_keys(frames))),
+                 "score_counts": np.bincount(y, minlength=len(CLASSES)).tolist()},
         "params": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                    "block_learning_rate": args.block_lr, "dropout": 0.5, "class_weight": args.class_weight,
                    "copies_used": int(X.shape[0]), "chosen": "fixed in advance (not tuned on COVID-BLUES)"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,7 @@ def write_feature_file(folder: Path, name: str, frames: pd.DataFrame, features: 
         writer.finish()
 
 
-@pytest.fixture
-def synthetic_features(tmp_path: Path) -> Path:
+def write_synthetic_features(folder: Path, video_id: Callable[[int, str], str]) -> Path:
     """18 patients x 6 regions x 4 frames; the score shows (noisily) in both feature files."""
     rng = np.random.default_rng(0)
     rows = []
@@ -40,15 +40,21 @@ def synthetic_features(tmp_path: Path) -> Path:
             for frame in range(4):
                 rows.append({"path": f"v/patient_{patient}_{region}.mp4", "frame_index": frame * 10,
                              "patient_id": str(patient), "region": region, "score": score,
-                             "video_id": f"patient_{patient}_{region}",
+                             "video_id": video_id(patient, region),
                              "group": "covid" if patient % 2 else "negative"})
     frames = pd.DataFrame(rows)
     scores = frames["score"].to_numpy()
     backbone = np.abs(scores[None, :, None] * 2.0 + rng.normal(size=(2, len(frames), 16)))
     signal = scores[None, :, None] * 0.5 + rng.normal(size=(2, len(frames), 24))
-    write_feature_file(tmp_path, "xception", frames, backbone)
-    write_feature_file(tmp_path, "lus_signal", frames, signal)
-    return tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    write_feature_file(folder, "xception", frames, backbone)
+    write_feature_file(folder, "lus_signal", frames, signal)
+    return folder
+
+
+@pytest.fixture
+def synthetic_features(tmp_path: Path) -> Path:
+    return write_synthetic_features(tmp_path, lambda patient, region: f"patient_{patient}_{region}")
 
 
 def test_accuracy_benchmark_writes_the_table_and_json(synthetic_features: Path, tmp_path: Path,
@@ -111,3 +117,20 @@ def test_fit_default_is_the_benchmarked_video_ordinal_model(synthetic_features: 
     for mine, theirs in zip(product["per_seed"], benchmarked["per_seed"], strict=True):
         for metric in (*accuracy.METRICS, "region_qwk"):
             assert mine[metric] == pytest.approx(theirs[metric], abs=1e-9), metric
+
+
+def test_a_video_is_a_patient_and_video_pair(tmp_path: Path) -> None:
+    # Every patient has a video named "L1": keyed on the video id alone, 18 patients' L1 videos
+    # would be pooled, scored and counted as one. Keyed on (patient, video), the names do not matter.
+    named = {"unique": lambda patient, region: f"patient_{patient}_{region}", "shared": lambda patient, region: region}
+    records = {}
+    for name, video_id in named.items():
+        out = tmp_path / f"{name}.json"
+        assert accuracy.main(["--features", str(write_synthetic_features(tmp_path / name, video_id)), "--seeds", "0",
+                              "--folds", "2", "--nested-c", "0.01,1", "--methods", "xception/ordinal,xception/video-ordinal",
+                              "--out", str(out)]) == 0
+        records[name] = json.loads(out.read_text())
+    assert records["shared"]["data"]["videos"] == records["unique"]["data"]["videos"] == 108
+    for shared, unique in zip(records["shared"]["results"], records["unique"]["results"], strict=True):
+        assert shared["per_seed"] == unique["per_seed"], shared["name"]
+        assert shared["chosen_c"] == unique["chosen_c"], shared["name"]

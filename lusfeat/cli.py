@@ -12,17 +12,41 @@ import os
 import sys
 
 
-def start(verbose: bool = False) -> None:
-    """Log to stderr; hide TensorFlow's C++ start-up noise unless ``verbose`` or the user set its level.
+def start(verbose: bool = False, *, tensorflow: bool = True) -> None:
+    """Log to stderr; load TensorFlow (if the command needs it) without its C++ start-up noise.
 
-    On a CPU-only machine TensorFlow prints oneDNN notices and CUDA probing errors ("failed call to
-    cuInit") before any work: not the user's concern. ``-v`` or an own ``TF_CPP_MIN_LOG_LEVEL`` shows them.
-    Must run before TensorFlow is imported, which every command does lazily.
+    On a CPU-only machine TensorFlow prints oneDNN notices, CUDA probing messages ("Could not find
+    cuda drivers", "failed call to cuInit") and absl preambles before any work: not the user's
+    concern. They are hidden unless ``verbose`` (``-v``) or the user set ``TF_CPP_MIN_LOG_LEVEL``.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # nothing to probe: lusfeat runs on the CPU
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if verbose:
+        logging.getLogger("lusfeat").setLevel(logging.DEBUG)
+    quiet = not verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if tensorflow and "tensorflow" not in sys.modules:
+        _import_tensorflow(silence_native_stderr=quiet)
+
+
+def _import_tensorflow(silence_native_stderr: bool) -> None:
+    # Some of the noise is written by C++ before TensorFlow reads its log level, straight to file
+    # descriptor 2: only redirecting the descriptor itself, for the import alone, hides it.
+    if not silence_native_stderr:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from lusfeat.aggregate import RULES, Aggregate, aggregate, natural_sorted
+from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.runs import evaluate_model
@@ -484,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="region score: mode = most frequent frame score, ties to the higher (paper); "
                              "mean_proba = argmax of mean frame probabilities (default: %(default)s)")
     parser.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html; summary.md beside it)")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    start(args.verbose, tensorflow=False)
     try:
         html_path, md_path = write_report(args.run_dir, args.rule, args.out)
     except LusfeatError as error:

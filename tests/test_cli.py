@@ -1,0 +1,48 @@
+"""lusfeat.cli: the commands' shared start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lusfeat import cli
+
+
+def stderr_of(code: str, env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=True).stderr
+
+
+@pytest.mark.slow
+def test_start_hides_tensorflow_start_up_noise():
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    plain = stderr_of("import tensorflow", env)
+    if not plain.strip():
+        pytest.skip("TensorFlow printed nothing at import on this machine: nothing to hide")
+    assert stderr_of("from lusfeat.cli import start; start()", env).strip() == ""
+
+
+@pytest.mark.parametrize(("verbose", "user_level", "silenced"), [(False, None, True), (True, None, False),
+                                                                  (False, "0", False)])
+def test_only_an_unasked_start_silences_tensorflow(monkeypatch, verbose, user_level, silenced):
+    calls = []
+    monkeypatch.setattr(cli, "_import_tensorflow", lambda silence_native_stderr: calls.append(silence_native_stderr))
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    if user_level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level)
+    cli.start(verbose)
+    assert calls == [silenced]
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == (user_level or ("3" if silenced else None))
+
+
+def test_start_without_tensorflow_does_not_import_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "_import_tensorflow", lambda silence_native_stderr: calls.append(silence_native_stderr))
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    cli.start(tensorflow=False)
+    assert calls == []

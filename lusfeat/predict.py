@@ -47,7 +47,7 @@ from lusfeat.embed import embed_frames, plan_frames
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_json, write_text
 from lusfeat.manifest import read_input
-from lusfeat.runs import MODEL_FILES, check_compatible, frame_table, load_saved_model, score_features
+from lusfeat.runs import MODEL_FILES, check_compatible, load_saved_model, predictions_table, score_features
 from lusfeat.scores import CLASSES, UNLABELLED
 
 log = logging.getLogger("lusfeat.predict")
@@ -104,7 +104,7 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
              manifest["patient_id"].nunique())
     began = time.perf_counter()
     features = embed_frames(frames, model.extraction, source, batch_size=batch_size, progress=progress)
-    table = frame_table(frames, score_features(features, frames, model))
+    table = predictions_table(frames, *score_features(features, frames, model))
     seconds = time.perf_counter() - began
     videos = video_scores(table, scorer, rule)
     regions = region_scores(table, scorer, rule)

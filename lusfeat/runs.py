@@ -185,14 +185,16 @@ def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitPa
 
 
 def predictions_table(frames: pd.DataFrame, probabilities: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
-                      folds: np.ndarray | int) -> pd.DataFrame:
-    """One row per test frame: its labels, each model's probabilities and prediction, and its fold."""
+                      folds: np.ndarray | int | None = None) -> pd.DataFrame:
+    """One row per frame: its labels (``score`` -1 where unlabelled), each model's probabilities
+    ``<model>_p0..p3`` and score ``<model>_pred``, and its test ``fold`` (fit's predictions.csv only)."""
     table = frames[FRAME_COLUMNS].reset_index(drop=True).copy()
     for model in (name for name in MODELS if name in probabilities):
         for label in CLASSES:
             table[f"{model}_p{label}"] = probabilities[model][:, label]
         table[f"{model}_pred"] = predicted[model]
-    table["fold"] = folds
+    if folds is not None:
+        table["fold"] = folds
     return table
 
 
@@ -461,31 +463,22 @@ def check_compatible(model: SavedModel, weights_identity: str, weights_descripti
         raise LusfeatError(f"{model.folder} does not fit these features, its scores would be wrong: " + "; ".join(problems))
 
 
-def score_features(features: np.ndarray, frames: pd.DataFrame, model: SavedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per model of the folder: ``(probabilities (n, 4), scores (n,))`` of every frame."""
-    out = {}
+def score_features(features: np.ndarray, frames: pd.DataFrame,
+                   model: SavedModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per model of the folder: ``(probabilities (n, 4) per model, scores (n,) per model)`` of every frame."""
+    probabilities, predicted = {}, {}
     for name, estimator in model.models.items():
         if name == "head":
             proba = np.concatenate([np.asarray(estimator(features[i:i + 1024], training=False), dtype="float64")
                                     for i in range(0, len(features), 1024)])
-            proba = proba / proba.sum(axis=1, keepdims=True)
-            out[name] = (proba, argmax_high(proba))
+            probabilities[name] = proba / proba.sum(axis=1, keepdims=True)
         elif name == "logreg":
-            proba = pipeline_probabilities(estimator, features)
-            out[name] = (proba, argmax_high(proba))
+            probabilities[name] = pipeline_probabilities(estimator, features)
         else:  # video: one answer per (patient, video), given to each of its frames
             keys = video_keys(frames)
-            out[name] = (estimator.predict_proba(features, keys), estimator.predict(features, keys))
-    return out
-
-
-def frame_table(frames: pd.DataFrame, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """Per-frame predictions in ``lusfeat.fit``'s column layout (``score`` -1 where unlabelled)."""
-    table = frames[["path", "frame_index", "patient_id", "region", "video_id", "group", "score"]].copy()
-    for name, (proba, predicted) in scored.items():
-        for k in CLASSES:
-            table[f"{name}_p{k}"] = proba[:, k]
-        table[f"{name}_pred"] = predicted
-    return table
+            probabilities[name], predicted[name] = estimator.predict_proba(features, keys), estimator.predict(features, keys)
+        if name not in predicted:
+            predicted[name] = CLASSES[argmax_high(probabilities[name])]
+    return probabilities, predicted
 
 

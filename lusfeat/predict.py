@@ -18,7 +18,7 @@ input size, pooling, frame step of the features it was trained on; the models tr
 primary one) and the models: ``head.keras`` (pooled features -> 4 probabilities),
 ``logreg.joblib``, and with fit's default preset ``video.joblib`` (the video-level ordinal
 model, the primary one: each frame carries its video's score). Features are computed by stage one's own code
-(``lusfeat.extract``, ``lusfeat.backbones``) from the weights you give; weights or an input size
+(``lusfeat.embed``, ``lusfeat.backbones``) from the weights you give; weights or an input size
 other than the model's are refused, naming both, since they would give wrong scores silently.
 
 Writes to OUT: ``frames.csv`` (per frame, for every model of the folder: class probabilities

@@ -143,3 +143,28 @@ def test_patients_and_regions_sort_naturally_and_logreg_prefix_works():
     with pytest.raises(LusfeatError, match="head_pred"):
         aggregate(frames_table(rows, prefix="logreg"), prefix="head")
     assert global_scores(agg.regions)["regions"].tolist() == [2, 1]
+
+
+def test_aggregate_of_a_fit_run_on_a_synthetic_feature_file(synthetic_fit_run):
+    # fit's pooled predictions (6 patients x 6 regions; patients 3 and 6 have two R3 videos of their own scores)
+    from conftest import synthetic_frames
+
+    from lusfeat.scores import most_frequent
+
+    predictions = pd.read_csv(synthetic_fit_run / "mobilenet" / "pooled" / "predictions.csv",
+                              dtype={"patient_id": str, "video_id": str})
+    frames = synthetic_frames()
+    agg = aggregate(predictions, prefix="video")
+    assert list(agg.patients["patient_id"]) == [str(p) for p in range(1, 7)] and (agg.patients["regions"] == 6).all()
+    two_videos = agg.regions["region"].eq("R3") & agg.regions["patient_id"].isin(["3", "6"])
+    assert len(agg.regions) == 36 and (agg.regions["frames"] == np.where(two_videos, 10, 5)).all()
+    # the truth of a region is its frames' most frequent score, the global truth their sum
+    truth = frames.groupby(["patient_id", "region"])["score"].agg(most_frequent)
+    assert agg.regions.set_index(["patient_id", "region"])["truth"].to_dict() == truth.to_dict()
+    assert agg.patients.set_index("patient_id")["truth"].to_dict() == truth.groupby(level=0).sum().to_dict()
+    # the video model gives each video one score: a one-video region's score is its video's
+    one_video = agg.regions[agg.regions["frames"] == 5]
+    per_video = predictions.groupby(["patient_id", "region"])["video_pred"].first()
+    assert all(per_video[(row.patient_id, row.region)] == row.pred for row in one_video.itertuples())
+    assert agg.agreement["regions"] == 36 and agg.agreement["patients"] == 6
+    assert agg.agreement["region_accuracy"] == pytest.approx((agg.regions["pred"] == agg.regions["truth"]).mean())

@@ -1,3 +1,5 @@
+"""lusfeat.fit on a synthetic feature file (tests/conftest.py: written by the product's FeatureWriter, no data)."""
+
 from __future__ import annotations
 
 import json
@@ -23,17 +25,16 @@ MODEL_KEYS = {"backbone", "fold", "extraction", "weights_source", "feature_dim",
 
 
 @pytest.fixture(scope="module")
-def full_run(six_patient_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("fit") / "run"
-    assert main(["--fold", "all", "--features", str(six_patient_features), "--out", str(run)]) == 0
-    return run
+def full_run(synthetic_fit_run: Path) -> Path:
+    """``lusfeat.fit --fold all`` with its defaults on the synthetic file (6 patients, 3 copies)."""
+    return synthetic_fit_run
 
 
-def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
+def test_run_folder_layout(full_run: Path, synthetic_features: Path, capsys):
     folds = pd.read_csv(full_run / "folds.csv", dtype={"patient_id": str})
     assert list(folds.columns) == ["patient_id", "fold"]
-    assert sorted(folds["patient_id"], key=int) == ["1", "4", "6", "7", "8", "9"]
-    features = load_features(six_patient_features)
+    assert sorted(folds["patient_id"], key=int) == ["1", "2", "3", "4", "5", "6"]
+    features = load_features(synthetic_features)
     groups = features.frames.groupby("patient_id")["group"].first()
     for fold in (1, 2, 3):  # two patients per fold, one covid and one negative
         members = folds.loc[folds["fold"] == fold, "patient_id"]
@@ -69,7 +70,8 @@ def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
 
         model = json.loads((folder / "model.json").read_text())
         assert MODEL_KEYS <= set(model)
-        assert model["extraction"]["frame_step"] == 20 and model["feature_dim"] == 256
+        assert model["extraction"]["frame_step"] == 10 and model["feature_dim"] == 256
+        assert model["weights_source"] == "synthetic (tests/conftest.py)"
         assert model["classes"] == [0, 1, 2, 3] and model["train_patients"] == metrics["train_patients"]
         tested.append(predictions)
 
@@ -86,11 +88,20 @@ def test_run_folder_layout(full_run: Path, six_patient_features: Path, capsys):
     assert list(summary["model"][:3]) == ["head", "logreg", "video"]
 
 
-def test_saved_models_reproduce_the_predictions(full_run: Path, six_patient_features: Path):
+def test_models_learn_the_score_the_features_carry(full_run: Path):
+    # The synthetic scores show in the features (tests/conftest.py): on patients they never saw, the regression
+    # and the video model find them in every fold; frames and labels shuffled on the way would give QWK near 0.
+    pooled = json.loads((full_run / "mobilenet" / "pooled" / "metrics.json").read_text())
+    for model in ("video", "logreg"):
+        assert min(pooled[model]["per_fold"]["qwk"]) > 0.5, model
+        assert pooled[model]["accuracy"] > 0.4 and pooled[model]["roc_auc_macro"] > 0.7, model
+
+
+def test_saved_models_reproduce_the_predictions(full_run: Path, synthetic_features: Path):
     import joblib
     import keras
 
-    features = load_features(six_patient_features)
+    features = load_features(synthetic_features)
     folder = full_run / "mobilenet" / "fold2"
     predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
     is_test = features.frames["patient_id"].isin(set(predictions["patient_id"])).to_numpy()
@@ -104,9 +115,9 @@ def test_saved_models_reproduce_the_predictions(full_run: Path, six_patient_feat
     np.testing.assert_allclose(pipeline.predict_proba(X_test), expected, atol=1e-6)
 
 
-def test_same_seed_same_metrics(full_run: Path, six_patient_features: Path, tmp_path: Path):
+def test_same_seed_same_metrics(full_run: Path, synthetic_features: Path, tmp_path: Path):
     again = tmp_path / "again"
-    assert main(["--fold", "2", "--features", str(six_patient_features), "--out", str(again)]) == 0
+    assert main(["--fold", "2", "--features", str(synthetic_features), "--out", str(again)]) == 0
     first = json.loads((full_run / "mobilenet" / "fold2" / "metrics.json").read_text())
     second = json.loads((again / "mobilenet" / "fold2" / "metrics.json").read_text())
     for record in (first, second):
@@ -118,19 +129,19 @@ def test_same_seed_same_metrics(full_run: Path, six_patient_features: Path, tmp_
                                   pd.read_csv(again / "mobilenet" / "fold2" / "predictions.csv"))
 
 
-def test_user_mistakes_are_errors_not_tracebacks(six_patient_features: Path, tmp_path: Path, capsys):
-    features = str(six_patient_features)
+def test_user_mistakes_are_errors_not_tracebacks(synthetic_features: Path, tmp_path: Path, capsys):
+    features = str(synthetic_features)
     assert main(["--fold", "4", "--features", features, "--out", str(tmp_path / "a")]) == 1
     assert "--fold 4" in capsys.readouterr().err
     assert main(["--fold", "1", "--features", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "b")]) == 1
     assert "not found" in capsys.readouterr().err
     # a folds.csv made for other patients
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "folds.csv").write_text("patient_id,fold\n1,1\n4,2\n6,3\n")
+    (tmp_path / "c" / "folds.csv").write_text("patient_id,fold\n1,1\n2,2\n3,3\n")
     assert main(["--fold", "1", "--features", features, "--out", str(tmp_path / "c")]) == 1
     assert "does not cover 3 patient" in capsys.readouterr().err
     # two files of one backbone would share RUN/mobilenet
-    shutil.copy(six_patient_features, tmp_path / "copy.h5")
+    shutil.copy(synthetic_features, tmp_path / "copy.h5")
     assert main(["--fold", "1", "--features", features, str(tmp_path / "copy.h5"), "--out", str(tmp_path / "d")]) == 1
     assert "several feature files of backbone mobilenet" in capsys.readouterr().err
 
@@ -144,10 +155,10 @@ def test_warning_when_head_trails_the_regression():
 
 
 def test_video_model_scores_whole_videos_with_its_C_chosen_inside_the_training_patients(full_run: Path,
-                                                                                       six_patient_features: Path):
+                                                                                       synthetic_features: Path):
     import joblib
 
-    features = load_features(six_patient_features)
+    features = load_features(synthetic_features)
     for fold in (1, 2, 3):
         folder = full_run / "mobilenet" / f"fold{fold}"
         predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str, "video_id": str})
@@ -168,10 +179,10 @@ def test_video_model_scores_whole_videos_with_its_C_chosen_inside_the_training_p
         assert model.C_ == video["C"]
 
 
-def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path, six_patient_features: Path,
+def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path, synthetic_features: Path,
                                                                  tmp_path: Path):
     paper = tmp_path / "paper"
-    assert main(["--fold", "all", "--preset", "paper", "--features", str(six_patient_features), "--out", str(paper)]) == 0
+    assert main(["--fold", "all", "--preset", "paper", "--features", str(synthetic_features), "--out", str(paper)]) == 0
     folder = paper / "mobilenet" / "fold1"
     assert not (folder / "video.joblib").exists()
     predictions = pd.read_csv(folder / "predictions.csv")
@@ -184,7 +195,7 @@ def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path,
     assert json.loads((folder / "model.json").read_text())["primary"] == "head"
 
 
-def test_tap_map_files_are_left_out_by_default_and_refused_when_named(six_patient_features: Path, tmp_path: Path,
+def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_features: Path, tmp_path: Path,
                                                                       monkeypatch, capsys):
     import dataclasses
 
@@ -192,8 +203,8 @@ def test_tap_map_files_are_left_out_by_default_and_refused_when_named(six_patien
 
     folder = tmp_path / "features"
     folder.mkdir()
-    shutil.copy(six_patient_features, folder / "mobilenet.h5")
-    pooled = load_features(six_patient_features)
+    shutil.copy(synthetic_features, folder / "mobilenet.h5")
+    pooled = load_features(synthetic_features)
     config = dataclasses.replace(pooled.config, backbone="xception", tap="middle", pooling="none", feature_dim=3,
                                  dtype="float16")
     with FeatureWriter(folder / "xception-middle.h5", config, pooled.frames, item_shape=(2, 2, 3)) as writer:

@@ -16,9 +16,9 @@ def test_default_is_the_papers_unweighted_head() -> None:
     assert FitParams().class_weight is None and FitParams().head().class_weight is None
 
 
-def test_balanced_class_weight_is_used_and_recorded(six_patient_features: Path, tmp_path: Path) -> None:
+def test_balanced_class_weight_is_used_and_recorded(synthetic_features: Path, tmp_path: Path) -> None:
     plain, weighted = tmp_path / "plain", tmp_path / "weighted"
-    features = str(six_patient_features)
+    features = str(synthetic_features)
     assert main(["--fold", "1", "--features", features, "--out", str(plain)]) == 0
     assert main(["--fold", "1", "--features", features, "--out", str(weighted), "--class-weight", "balanced"]) == 0
     metrics = json.loads((weighted / "mobilenet" / "fold1" / "metrics.json").read_text())

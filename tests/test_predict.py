@@ -1,4 +1,9 @@
-"""Scoring new data with a saved model: region names, real COVID-BLUES videos, refused mismatches."""
+"""Scoring new data with a saved model: region names, made-up and real COVID-BLUES videos, refused mismatches.
+
+Most tests score the made-up videos of ``tiny_study`` with the model ``lusfeat.fit`` trained on their
+features (``tiny_study_run``, a random MobileNet weights file: no data, no download); the ``realdata``
+ones do the same with real COVID-BLUES videos and the real ImageNet weights.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_tiny_video
 
 from lusfeat.errors import LusfeatError
-from lusfeat.manifest import folder_manifest, region_from_name
+from lusfeat.manifest import file_sha256, folder_manifest, region_from_name
 from lusfeat.predict import main
-
-TEST_VIDEOS = ["patient_9_L1", "patient_9_R2"]  # true scores 3 and 2; patient 9 is not in training
 
 
 @pytest.mark.parametrize(("name", "region"), [
@@ -43,70 +47,90 @@ def test_folder_manifest_names_patient_by_folder_and_refuses_unnamed_files(tmp_p
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_fit_run: Path) -> Path:
-    """lusfeat.fit's fold-1 model folder of the tiny real run (trained on two of patients 3, 4, 6)."""
-    folder = tiny_fit_run / "mobilenet" / "fold1"
-    assert set(json.loads((folder / "model.json").read_text())["train_patients"]).isdisjoint({"9"})
+def tiny_model(tiny_study_run: Path) -> Path:
+    """lusfeat.fit's fold-1 model folder of the made-up study (trained on four of patients 1-6; 7 held out)."""
+    folder = tiny_study_run / "mobilenet" / "fold1"
+    assert set(json.loads((folder / "model.json").read_text())["train_patients"]).isdisjoint({"7"})
     return folder
 
 
-def test_predict_reproduces_fit_on_its_own_test_patient(tiny_model, data_root, weights_dir, blues_manifest, tmp_path):
-    # Same frames, same backbone and weights, same head: predict must give fit's test probabilities.
-    fitted = pd.read_csv(tiny_model / "predictions.csv", dtype={"patient_id": str})
+@pytest.fixture
+def held_out(tiny_study) -> list[str]:
+    """``--data-root`` and ``--weights`` of the made-up study, and its held-out patient 7's manifest."""
+    return [str(tiny_study["held_out"]), "--data-root", str(tiny_study["root"]), "--weights", str(tiny_study["weights"])]
+
+
+def assert_predict_reproduces_fit(model: Path, manifest: pd.DataFrame, data_root: Path, weights: Path,
+                                  tmp_path: Path) -> None:
+    """Same frames, same backbone and weights, same models: predict must give fit's test probabilities."""
+    fitted = pd.read_csv(model / "predictions.csv", dtype={"patient_id": str})
     patient = fitted["patient_id"].iloc[0]
-    manifest = tmp_path / "again.csv"
-    blues_manifest[blues_manifest["patient_id"] == patient].assign(score="").to_csv(manifest, index=False)
-    assert main(["--model", str(tiny_model), str(manifest), "--data-root", str(data_root), "--weights", str(weights_dir),
+    path = tmp_path / "again.csv"
+    manifest[manifest["patient_id"].astype(str) == patient].assign(score="").to_csv(path, index=False)
+    assert main(["--model", str(model), str(path), "--data-root", str(data_root), "--weights", str(weights),
                  "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     again = pd.read_csv(tmp_path / "out" / "frames.csv", dtype={"patient_id": str})
     assert (again["score"] == -1).all()
+    fitted = fitted[fitted["patient_id"] == patient]
     merged = fitted.merge(again, on=["path", "frame_index"], suffixes=("_fit", "_predict"))
-    assert len(merged) == len(fitted) == len(again)
-    for model in ("head", "logreg", "video"):  # every model of the folder, scored from recomputed features
+    assert len(merged) == len(fitted) == len(again) > 0
+    for name in ("head", "logreg", "video"):  # every model of the folder, scored from recomputed features
         for k in range(4):
-            assert np.allclose(merged[f"{model}_p{k}_fit"], merged[f"{model}_p{k}_predict"], atol=1e-4), model
+            assert np.allclose(merged[f"{name}_p{k}_fit"], merged[f"{name}_p{k}_predict"], atol=1e-4), name
         # One tie rule in fit and predict: the scores agree wherever recomputation noise (1e-4)
         # cannot change the decision (argmax margin, or the ordinal median's distance from 0.5).
-        proba = merged[[f"{model}_p{k}_fit" for k in range(4)]].to_numpy()
-        if model == "video":
+        proba = merged[[f"{name}_p{k}_fit" for k in range(4)]].to_numpy()
+        if name == "video":
             clear = (np.abs(np.cumsum(proba, axis=1)[:, :3] - 0.5) > 2e-4).all(axis=1)
         else:
             top = np.sort(proba, axis=1)
             clear = top[:, -1] - top[:, -2] > 2e-4
         assert clear.mean() > 0.9
-        assert (merged.loc[clear, f"{model}_pred_fit"] == merged.loc[clear, f"{model}_pred_predict"]).all(), model
+        assert (merged.loc[clear, f"{name}_pred_fit"] == merged.loc[clear, f"{name}_pred_predict"]).all(), name
 
 
-def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):
-    manifest = tmp_path / "new.csv"
-    rows = blues_manifest[blues_manifest["video_id"].isin(TEST_VIDEOS)]
-    rows.to_csv(manifest, index=False)
+def test_predict_reproduces_fit_on_its_own_test_patient(tiny_model, tiny_study, tmp_path):
+    manifest = pd.read_csv(tiny_study["manifest"], dtype=str, keep_default_na=False)
+    assert_predict_reproduces_fit(tiny_model, manifest, tiny_study["root"], tiny_study["weights"], tmp_path)
+
+
+@pytest.mark.slow
+def test_predict_reproduces_fit_on_real_covid_blues(tiny_fit_run, data_root, weights_dir, blues_manifest, tmp_path):
+    assert_predict_reproduces_fit(tiny_fit_run / "mobilenet" / "fold1", blues_manifest, data_root, weights_dir, tmp_path)
+
+
+def test_predict_two_held_out_videos_from_a_manifest(tiny_model, held_out, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["--model", str(tiny_model), str(manifest), "--data-root", str(data_root), "--weights", str(weights_dir),
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main(["--model", str(tiny_model), *held_out, "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "patient 9: global score" in printed and "(true 5)" in printed and "over 2 regions (0-6)" in printed
+    assert "patient 7: global score" in printed and "(true 4)" in printed and "over 2 regions (0-6)" in printed
     frames = pd.read_csv(out / "frames.csv", dtype={"patient_id": str})
     probabilities = frames[[f"head_p{k}" for k in range(4)]].to_numpy()
-    assert len(frames) > 4 and (frames["frame_index"] % 30 == 0).all()  # the model's frame step by default
+    # the model's frame step by default: frames 0, 2, 4, 6 of each 8-frame video
+    assert frames["frame_index"].tolist() == [0, 2, 4, 6] * 2
     assert np.allclose(probabilities.sum(axis=1), 1) and (probabilities >= 0).all()
     assert (frames["head_pred"] == probabilities.argmax(axis=1)).all()
-    assert set(frames["video_id"]) == set(TEST_VIDEOS) and set(frames["score"]) == {2, 3}
+    assert set(frames["video_id"]) == {"patient_7_L1", "patient_7_R2"} and set(frames["score"]) == {1, 3}
     regions = pd.read_csv(out / "regions.csv", dtype={"patient_id": str})
-    assert regions["region"].tolist() == ["L1", "R2"] and regions["truth"].tolist() == [3, 2]
+    assert regions["region"].tolist() == ["L1", "R2"] and regions["truth"].tolist() == [3, 1]
     assert regions["pred"].between(0, 3).all()
+    # the made-up B-lines show in the random network's features: the video model is near the truth
+    assert (regions["pred"] - regions["truth"]).abs().max() <= 1
     patients = pd.read_csv(out / "patients.csv", dtype={"patient_id": str})
     assert patients["pred"].item() == regions["pred"].sum() and patients["regions"].item() == 2
-    assert len(pd.read_csv(out / "videos.csv")) == 2
     result = json.loads((out / "predictions.json").read_text())
-    assert result["model"]["backbone"] == "mobilenet" and result["frame_step"] == 30
+    assert result["model"]["backbone"] == "mobilenet" and result["frame_step"] == 2 and result["frames"] == 8
     patient = result["patients"][0]
-    assert patient["patient_id"] == "9" and patient["global_score"] == patients["pred"].item()
-    assert patient["true_global_score"] == 5 and set(patient["regions"]) == {"L1", "R2"}
+    assert patient["patient_id"] == "7" and patient["global_score"] == patients["pred"].item()
+    assert patient["true_global_score"] == 4 and set(patient["regions"]) == {"L1", "R2"}
     l1 = patient["regions"]["L1"]
-    assert l1["score"] == regions["pred"].iloc[0] and sum(l1["frames_per_score"]) == l1["frames"]
-    assert list(l1["videos"]) == ["patient_9_L1"] and abs(sum(l1["probabilities"]) - 1) < 1e-4
-    assert result["agreement"]["regions"] == 2
+    assert l1["score"] == regions["pred"].iloc[0] and sum(l1["frames_per_score"]) == l1["frames"] == 4
+    assert list(l1["videos"]) == ["patient_7_L1"] and abs(sum(l1["probabilities"]) - 1) < 1e-4
+    assert l1["true_score"] == 3
+    agreement = result["agreement"]
+    assert agreement["regions"] == 2
+    assert agreement["region_accuracy"] == pytest.approx((regions["pred"] == regions["truth"]).mean())
+    assert agreement["global_mae"] == pytest.approx(abs(patients["pred"].item() - 4))
     # the default scorer is the folder's primary model: the video-level one, one score per video
     assert result["model"]["scorer"] == "video" and result["model"]["models"] == ["video", "head", "logreg"]
     videos = pd.read_csv(out / "videos.csv", dtype={"patient_id": str})
@@ -115,15 +139,12 @@ def test_predict_two_held_out_videos_from_a_manifest(tiny_model, data_root, weig
     assert dict(zip(videos["video_id"], videos["pred"], strict=True)) == per_video["min"].to_dict()
 
 
-def test_scorer_head_aggregates_the_paper_heads_frame_scores(tiny_model, data_root, weights_dir, blues_manifest,
-                                                             tmp_path, capsys):
-    manifest = tmp_path / "new.csv"
-    blues_manifest[blues_manifest["video_id"].isin(TEST_VIDEOS)].to_csv(manifest, index=False)
-    common = [str(manifest), "--model", str(tiny_model), "--data-root", str(data_root), "--weights", str(weights_dir),
-              "--no-progress"]
+def test_scorer_head_aggregates_the_paper_heads_frame_scores(tiny_model, held_out, tmp_path, capsys):
+    common = [held_out[0], "--model", str(tiny_model), *held_out[1:], "--no-progress"]
     assert main([*common, "--scorer", "head", "--out", str(tmp_path / "head")]) == 0
     frames = pd.read_csv(tmp_path / "head" / "frames.csv", dtype={"patient_id": str})
     videos = pd.read_csv(tmp_path / "head" / "videos.csv", dtype={"patient_id": str})
+    assert len(videos) == 2
     for video in videos.itertuples():
         predicted = frames.loc[frames["video_id"] == video.video_id, "head_pred"]
         counts = np.bincount(predicted, minlength=4)
@@ -139,17 +160,19 @@ def test_scorer_head_aggregates_the_paper_heads_frame_scores(tiny_model, data_ro
     assert "holds the model(s) head, logreg" in capsys.readouterr().err
     assert main([*common[:1], "--model", str(paper), *common[3:], "--out", str(tmp_path / "p")]) == 0
     assert json.loads((tmp_path / "p" / "predictions.json").read_text())["model"]["scorer"] == "head"
+    # the same head scored the same frames with and without its video model beside it
+    again = pd.read_csv(tmp_path / "p" / "frames.csv")
+    assert "video_pred" not in again and np.allclose(again["head_p3"], frames["head_p3"], atol=1e-6)
 
 
-def test_predict_a_patient_folder_unlabelled(tiny_model, data_root, weights_dir, tmp_path):
-    # Links, not copies: the data stay where they are.
+def test_predict_a_patient_folder_unlabelled(tiny_model, tiny_study, tmp_path):
+    # A video linked, not copied (the data stay where they are), and a still image: one frame.
     folder = tmp_path / "patient_x"
     folder.mkdir()
-    videos = data_root / "COVID-BLUES" / "lus_videos"
-    (folder / "L1.mp4").symlink_to(videos / "patient_9_L1.mp4")
-    (folder / "R2_2.mp4").symlink_to(videos / "patient_9_R2.mp4")
+    (folder / "L1.mp4").symlink_to(tiny_study["root"] / "videos" / "patient_7_L1.mp4")
+    write_tiny_video(folder / "R2_2.png", score=1)
     out = tmp_path / "out"
-    assert main(["--model", str(tiny_model), str(folder), "--weights", str(weights_dir), "--frame-step", "45",
+    assert main(["--model", str(tiny_model), str(folder), "--weights", str(tiny_study["weights"]), "--frame-step", "3",
                  "--rule", "mean_proba", "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "predictions.json").read_text())
     patient = result["patients"][0]
@@ -157,19 +180,22 @@ def test_predict_a_patient_folder_unlabelled(tiny_model, data_root, weights_dir,
     assert set(patient["regions"]) == {"L1", "R2"} and result["agreement"] is None and result["rule"] == "mean_proba"
     for region in patient["regions"].values():
         assert region["score"] == int(np.argmax(region["probabilities"])) and region["true_score"] is None
-    assert (pd.read_csv(out / "frames.csv")["frame_index"] % 45 == 0).all()
-    assert (out / "input_manifest.csv").is_file()
+    frames = pd.read_csv(out / "frames.csv")
+    assert frames[["path", "frame_index"]].values.tolist() == [["L1.mp4", 0], ["L1.mp4", 3], ["L1.mp4", 6],
+                                                               ["R2_2.png", 0]]
+    assert (frames["score"] == -1).all()
+    assert pd.read_csv(out / "input_manifest.csv")["path"].tolist() == ["L1.mp4", "R2_2.png"]
 
 
-def test_mismatched_weights_or_input_size_are_refused(tiny_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):
-    manifest = tmp_path / "new.csv"
-    blues_manifest[blues_manifest["video_id"] == TEST_VIDEOS[0]].to_csv(manifest, index=False)
+def test_mismatched_weights_or_input_size_are_refused(tiny_model, tiny_study, tmp_path, capsys):
     recorded = json.loads((tiny_model / "model.json").read_text())["extraction"]["weights"]
-    common = ["--model", str(tiny_model), str(manifest), "--data-root", str(data_root), "--out", str(tmp_path / "o")]
+    assert recorded == file_sha256(tiny_study["weights"])
+    common = ["--model", str(tiny_model), str(tiny_study["held_out"]), "--data-root", str(tiny_study["root"]),
+              "--out", str(tmp_path / "o")]
     assert main([*common, "--weights", "none"]) == 1
     error = capsys.readouterr().err
     assert "backbone weights" in error and recorded in error and "'none'" in error
-    assert main([*common, "--weights", str(weights_dir), "--input-size", "192"]) == 1
+    assert main([*common, "--weights", str(tiny_study["weights"]), "--input-size", "192"]) == 1
     assert "input size: model trained at 224 px, you asked 192 px" in capsys.readouterr().err
     assert not (tmp_path / "o" / "predictions.json").exists()
 
@@ -209,12 +235,12 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
     assert "trained on 'lus_signal' features, which lusfeat.predict cannot compute" in capsys.readouterr().err
 
 
-def test_a_folder_that_fails_leaves_out_untouched(tiny_model, weights_dir, tmp_path, capsys):
+def test_a_folder_that_fails_leaves_out_untouched(tiny_model, tiny_study, tmp_path, capsys):
     folder = tmp_path / "patient_y"
     folder.mkdir()
     (folder / "L1.mp4").write_bytes(b"not a video")
     out = tmp_path / "out"
-    assert main(["--model", str(tiny_model), str(folder), "--weights", str(weights_dir), "--out", str(out),
+    assert main(["--model", str(tiny_model), str(folder), "--weights", str(tiny_study["weights"]), "--out", str(out),
                  "--no-progress"]) == 1
     error = capsys.readouterr().err
     assert "L1.mp4" in error and "tmp" not in error.replace(str(tmp_path), "")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import write_synthetic_run
 
+from lusfeat.manifest import file_sha256
 from lusfeat.report import load_run, main, split_check
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -93,19 +94,33 @@ def test_bad_run_folder_is_a_clear_error(tmp_path: Path, make: str, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
-def test_report_of_a_real_fit_run(tiny_fit_run: Path, tmp_path: Path):
-    out = tmp_path / "report.html"
-    assert main([str(tiny_fit_run), "--out", str(out)]) == 0
+def check_report_of_a_fit_run(run: Path, patients: list[str], weights: str, out: Path) -> None:
+    """``lusfeat.report`` of a run folder ``lusfeat.fit --fold all`` wrote (3 folds, one mobilenet backbone)."""
+    assert main([str(run), "--out", str(out)]) == 0
     html = out.read_text()
     for heading in ("mobilenet: fold 1", "mobilenet: fold 3", "mobilenet: pooled", "Per-patient tables, fold 2",
                     "Per-patient global scores"):
         assert heading in html, heading
     assert len(embedded_pngs(html)) == 20
-    assert sorted(re.findall(r'<div class="card"><h4>Patient (\d+)', html), key=int) == ["3", "4", "6"]
+    assert sorted(re.findall(r'<div class="card"><h4>Patient (\d+)', html), key=int) == patients
     assert "no test patient is among its fold&#x27;s training patients" in html
-    assert "frozen mobilenet (weights dbdb03ee2a22fd89" in html
+    assert f"frozen mobilenet (weights {weights[:16]}" in html
     # frame numbers are fit's own, from metrics.json
-    pooled = json.loads((tiny_fit_run / "mobilenet" / "pooled" / "metrics.json").read_text())
-    line = next(line for line in (tmp_path / "summary.md").read_text().splitlines()
-                if line.startswith("| mobilenet | pooled | logreg |"))
-    assert line.split(" | ")[4] == f"{pooled['logreg']['accuracy']:.3f}"
+    pooled = json.loads((run / "mobilenet" / "pooled" / "metrics.json").read_text())
+    lines = (out.parent / "summary.md").read_text().splitlines()
+    for model in ("video", "head", "logreg"):
+        line = next(line for line in lines if line.startswith(f"| mobilenet | pooled | {model} |"))
+        assert line.split(" | ")[4] == f"{pooled[model]['accuracy']:.3f}", model
+
+
+@pytest.mark.slow
+def test_report_of_a_fit_run(tiny_study_run: Path, tiny_study: dict[str, Path], tmp_path: Path):
+    # extract (made-up videos, random MobileNet weights file) then fit, then the report: no data needed
+    check_report_of_a_fit_run(tiny_study_run, [str(p) for p in range(1, 7)], file_sha256(tiny_study["weights"]),
+                              tmp_path / "report.html")
+
+
+@pytest.mark.slow
+def test_report_of_a_real_fit_run(tiny_fit_run: Path, tmp_path: Path):
+    check_report_of_a_fit_run(tiny_fit_run, ["3", "4", "6"], "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf",
+                              tmp_path / "report.html")

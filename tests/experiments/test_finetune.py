@@ -9,6 +9,8 @@ import pytest
 from lusfeat.errors import LusfeatError
 from lusfeat.experiments.finetune import TopBlockFineTuner, pooled_top_features
 
+pytestmark = pytest.mark.experiments
+
 VIDEOS = ["patient_10_L1", "patient_9_L1"]  # scores 0 and 3
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from lusfeat.experiments.lung_crop import POOLING_TAG, crop_lung, lung_box, main
 
+pytestmark = pytest.mark.experiments
+
 
 def test_box_keeps_the_pleura_and_drops_the_chest_wall() -> None:
     grey = np.zeros((128, 128))

@@ -9,6 +9,8 @@ import pytest
 
 from lusfeat.experiments.lus_signal import SIGNAL_NAMES, frame_signal, images_signal, main, pleura_row, sector_depth
 
+pytestmark = pytest.mark.experiments
+
 SIZE, DEPTH, PLEURA = 128, 110, 25
 
 

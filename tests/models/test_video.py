@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lusfeat.experiments.attention import AttentionVideoClassifier, padded_videos
 from lusfeat.models.linear import StandardisedLogisticRegression
 from lusfeat.models.ordinal import OrdinalLogisticRegression
 from lusfeat.models.video import VideoPoolingClassifier, pool_videos, video_index
@@ -83,26 +82,3 @@ def test_choosing_C_needs_patients_and_falls_back_with_one_patient() -> None:
         model.fit(X, y, videos=np.repeat("same", len(y)), groups=np.tile(["a", "b"], len(y) // 2))
     single = model.fit(X, y, videos=videos, groups=np.repeat("only", len(y)))
     assert single.C_ == 0.5 and single.inner_qwk_ == {}
-
-
-def test_padded_videos_keep_each_frame_once_in_order() -> None:
-    X = np.arange(10, dtype=np.float32).reshape(1, 5, 2)  # 1 copy, 5 frames, 2 dims
-    frames, mask = padded_videos(X, np.array([1, 0, 1, 1, 0]), 2)
-    assert frames.shape == (2, 3, 2) and mask.tolist() == [[1, 1, 0], [1, 1, 1]]
-    assert frames[0, :2, 0].tolist() == [2.0, 8.0] and frames[1, :, 0].tolist() == [0.0, 4.0, 6.0]
-    assert (frames[0, 2] == 0).all()
-
-
-def test_attention_pooling_learns_videos_and_is_seeded() -> None:
-    X, y, videos = synthetic_videos(n_videos=60, frames=6)
-    keep = np.arange(len(y)) % 5 != 0  # videos of different lengths
-    X, y, videos = X[keep], y[keep], videos[keep]
-    model = AttentionVideoClassifier(epochs=25, random_state=0).fit(X, y, videos=videos)
-    X_test, y_test, videos_test = synthetic_videos(n_videos=40, frames=6, seed=1)
-    probabilities = model.predict_proba(X_test, videos_test)
-    assert probabilities.shape == (len(y_test), 4) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    first = probabilities[videos_test == "v0"]
-    assert np.allclose(first, first[0])
-    assert (model.predict(X_test, videos_test) == y_test).mean() > 0.6  # chance is 0.25
-    again = AttentionVideoClassifier(epochs=25, random_state=0).fit(X, y, videos=videos)
-    np.testing.assert_array_equal(again.predict_proba(X_test, videos_test), probabilities)

@@ -46,15 +46,21 @@ def weights_dir() -> Path:
 
 
 REAL_DATA_FIXTURES = {"data_root", "weights_dir"}
+# Fixtures below that extract or fit (seconds to tens of seconds, once per session); other slow tests say so themselves.
+SLOW_FIXTURES = {"synthetic_fit_run", "tiny_study", "tiny_study_run", "tiny_fit_run"}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``realdata`` every test that needs COVID-BLUES or the real weights, through any of its fixtures,
-    so that ``-m "not realdata"`` runs what needs neither (and a new such test cannot be left unmarked)."""
+    """Mark ``realdata`` every test that needs COVID-BLUES or the real weights, and ``slow`` every test that
+    uses an extracting or fitting fixture, through any of its fixtures, so that a new such test cannot be
+    left unmarked: ``-m "not realdata"`` runs what needs neither."""
     for item in items:
-        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if names & REAL_DATA_FIXTURES:
             item.add_marker(pytest.mark.realdata)
+        if names & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ def test_failed_download_is_a_clear_error(monkeypatch):
         build_feature_extractor(spec, resolve_weights(spec, "imagenet"))
 
 
+@pytest.mark.slow
 def test_resnet50_takes_a_local_weights_file(tmp_path):
     import keras
 
@@ -60,6 +61,7 @@ def test_resnet50_takes_a_local_weights_file(tmp_path):
     np.testing.assert_allclose(model(images), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mobilenet_real_weights_differ_from_random(data_root, weights_dir):
     spec = get_spec("mobilenet")
     images = read_frames(data_root / VIDEO, step=25, size=224)
@@ -71,6 +73,7 @@ def test_mobilenet_real_weights_differ_from_random(data_root, weights_dir):
         build_feature_extractor(spec, resolve_weights(spec, str(weights_dir)), input_size=160)
 
 
+@pytest.mark.slow
 def test_xception_real_weights_match_keras_reference(data_root, weights_dir):
     """Our extractor (uint8 in, preprocessing inside) equals Keras' own Xception with pooling='avg'."""
     import keras
@@ -87,6 +90,7 @@ def test_xception_real_weights_match_keras_reference(data_root, weights_dir):
     assert 0.01 < (ours > 0).mean() < 1.0
 
 
+@pytest.mark.slow
 def test_bfloat16_features_are_close_to_float32(data_root, weights_dir):
     import keras
 

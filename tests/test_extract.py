@@ -15,6 +15,7 @@ def _run(manifest: Path, out: Path, data_root: Path, weights: str, *extra: str) 
                  "--weights", weights, "--frame-step", "20", "--out", str(out), "--no-progress", *extra])
 
 
+@pytest.mark.slow
 def test_two_patients_end_to_end(two_patient_manifest, data_root, weights_dir, tmp_path, capsys):
     assert _run(two_patient_manifest, tmp_path / "real", data_root, str(weights_dir)) == 0
     assert "mobilenet: written" in capsys.readouterr().out
@@ -40,6 +41,7 @@ def test_two_patients_end_to_end(two_patient_manifest, data_root, weights_dir, t
     assert "up to date" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_features(two_patient_manifest, data_root, weights_dir, tmp_path,
                                                        monkeypatch):
     step = ("--frame-step", "10", "--augment-copies", "1")  # two 64-frame blocks at least
@@ -65,6 +67,7 @@ def test_interrupted_run_resumes_to_identical_features(two_patient_manifest, dat
     np.testing.assert_allclose(resumed.features, whole.features, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_other_settings_are_refused_without_touching_the_file(two_patient_manifest, data_root, weights_dir,
                                                               tmp_path, capsys):
     assert _run(two_patient_manifest, tmp_path, data_root, str(weights_dir)) == 0
@@ -77,6 +80,7 @@ def test_other_settings_are_refused_without_touching_the_file(two_patient_manife
     assert load_features(file).config.seed == 3
 
 
+@pytest.mark.slow
 def test_one_backbone_without_weights_does_not_stop_the_others(two_patient_manifest, data_root, weights_dir,
                                                                tmp_path, capsys):
     only_mobilenet = tmp_path / "weights"
@@ -111,6 +115,7 @@ def test_tap_of_a_backbone_without_it_is_refused(two_patient_manifest, data_root
     assert not any(tmp_path.glob("*.h5*"))
 
 
+@pytest.mark.slow
 def test_xception_tap_maps_are_float16_and_resumable(two_patient_manifest, data_root, weights_dir, tmp_path, capsys):
     """Real maps: one video, 2 frames x 1 copy; a second run is up to date, another tap another file."""
     import pandas as pd

@@ -195,6 +195,7 @@ def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path,
     assert json.loads((folder / "model.json").read_text())["primary"] == "head"
 
 
+@pytest.mark.slow
 def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_features: Path, tmp_path: Path,
                                                                       monkeypatch, capsys):
     import dataclasses

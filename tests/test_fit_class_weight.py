@@ -16,6 +16,7 @@ def test_default_is_the_papers_unweighted_head() -> None:
     assert FitParams().class_weight is None and FitParams().head().class_weight is None
 
 
+@pytest.mark.slow
 def test_balanced_class_weight_is_used_and_recorded(synthetic_features: Path, tmp_path: Path) -> None:
     plain, weighted = tmp_path / "plain", tmp_path / "weighted"
     features = str(synthetic_features)

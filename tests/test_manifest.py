@@ -109,6 +109,7 @@ def test_covid_blues_manifest_matches_the_committed_one(data_root):
     assert built.astype(str).equals(committed)
 
 
+@pytest.mark.slow
 def test_check_command(capsys, data_root, tmp_path):
     manifest = Path(__file__).parents[1] / "data_manifest.csv"
     assert main(["check", str(manifest), "--data-root", str(data_root)]) == 0

@@ -94,7 +94,6 @@ def test_predict_reproduces_fit_on_its_own_test_patient(tiny_model, tiny_study, 
     assert_predict_reproduces_fit(tiny_model, manifest, tiny_study["root"], tiny_study["weights"], tmp_path)
 
 
-@pytest.mark.slow
 def test_predict_reproduces_fit_on_real_covid_blues(tiny_fit_run, data_root, weights_dir, blues_manifest, tmp_path):
     assert_predict_reproduces_fit(tiny_fit_run / "mobilenet" / "fold1", blues_manifest, data_root, weights_dir, tmp_path)
 

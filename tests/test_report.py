@@ -21,6 +21,7 @@ def embedded_pngs(text: str) -> list[bytes]:
     return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
 
 
+@pytest.mark.slow
 def test_report_has_every_section_figure_and_patient_table(synthetic_run: Path, capsys):
     assert main([str(synthetic_run)]) == 0
     html = (synthetic_run / "report.html").read_text()
@@ -62,6 +63,7 @@ def test_pooled_is_made_from_folds_when_absent(tmp_path: Path):
     assert len(sections[-1].predictions) == sum(len(s.predictions) for s in sections[:-1])
 
 
+@pytest.mark.slow
 def test_mean_probability_rule_and_twelve_regions(tmp_path: Path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -113,14 +115,12 @@ def check_report_of_a_fit_run(run: Path, patients: list[str], weights: str, out:
         assert line.split(" | ")[4] == f"{pooled[model]['accuracy']:.3f}", model
 
 
-@pytest.mark.slow
 def test_report_of_a_fit_run(tiny_study_run: Path, tiny_study: dict[str, Path], tmp_path: Path):
     # extract (made-up videos, random MobileNet weights file) then fit, then the report: no data needed
     check_report_of_a_fit_run(tiny_study_run, [str(p) for p in range(1, 7)], file_sha256(tiny_study["weights"]),
                               tmp_path / "report.html")
 
 
-@pytest.mark.slow
 def test_report_of_a_real_fit_run(tiny_fit_run: Path, tmp_path: Path):
     check_report_of_a_fit_run(tiny_fit_run, ["3", "4", "6"], "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf",
                               tmp_path / "report.html")

@@ -9,7 +9,7 @@ import pytest
 from lusfeat.errors import LusfeatError
 from lusfeat.experiments.finetune import TopBlockFineTuner, pooled_top_features
 
-pytestmark = pytest.mark.experiments
+pytestmark = [pytest.mark.experiments, pytest.mark.slow]  # each test needs Xception tap maps
 
 VIDEOS = ["patient_10_L1", "patient_9_L1"]  # scores 0 and 3
 

@@ -26,6 +26,7 @@ def test_box_keeps_the_pleura_and_drops_the_chest_wall() -> None:
     assert crop[:, 0].max() > 0  # black margins are cut away
 
 
+@pytest.mark.slow
 def test_command_writes_lung_features(two_patient_manifest: Path, data_root: Path, weights_dir: Path,
                                       tmp_path: Path) -> None:
     from lusfeat.store import load_features

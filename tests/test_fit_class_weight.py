@@ -17,11 +17,12 @@ def test_default_is_the_papers_unweighted_head() -> None:
 
 
 @pytest.mark.slow
-def test_balanced_class_weight_is_used_and_recorded(synthetic_features: Path, tmp_path: Path) -> None:
-    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
-    features = str(synthetic_features)
-    assert main(["--fold", "1", "--features", features, "--out", str(plain)]) == 0
-    assert main(["--fold", "1", "--features", features, "--out", str(weighted), "--class-weight", "balanced"]) == 0
+def test_balanced_class_weight_is_used_and_recorded(synthetic_features: Path, synthetic_fit_run: Path,
+                                                    tmp_path: Path) -> None:
+    plain, weighted = synthetic_fit_run, tmp_path / "weighted"  # plain: fit's defaults, the same folds
+    assert main(["--fold", "1", "--features", str(synthetic_features), "--out", str(weighted),
+                 "--class-weight", "balanced"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(plain / "folds.csv"), pd.read_csv(weighted / "folds.csv"))
     metrics = json.loads((weighted / "mobilenet" / "fold1" / "metrics.json").read_text())
     assert metrics["params"]["class_weight"] == "balanced"
     assert json.loads((plain / "mobilenet" / "fold1" / "metrics.json").read_text())["params"]["class_weight"] is None

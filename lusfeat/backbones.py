@@ -135,9 +135,18 @@ def resolve_weights(spec: BackboneSpec, weights: str = "imagenet") -> WeightsSou
     return WeightsSource(str(candidate), file_sha256(candidate), str(candidate))
 
 
+RANDOM_INIT_SEED = 0  # --weights none: the same random network every build
+
+
 def _load_base(spec: BackboneSpec, source: WeightsSource, input_size: int):
     constructor = spec.constructor()
     shape = (input_size, input_size, 3)
+    if source.keras_arg is None:
+        import keras
+
+        # Keras' initialisers are unseeded: without this every build of a random backbone would be
+        # another network, and predict could never recompute the features a model was trained on.
+        keras.utils.set_random_seed(RANDOM_INIT_SEED)
     try:
         return constructor(include_top=False, weights=source.keras_arg, input_shape=shape, **spec.kwargs)
     except ValueError as error:

@@ -118,3 +118,14 @@ def test_tap_registry_and_unknown_tap():
         get_tap(xception, "block4")
     with pytest.raises(LusfeatError, match="known taps of vgg16: none"):
         get_tap(get_spec("vgg16"), "middle")
+
+
+def test_a_random_backbone_is_the_same_network_every_build():
+    # --weights none must be reproducible, or predict could not recompute a model's features.
+    spec, source = get_spec("mobilenet"), resolve_weights(get_spec("mobilenet"), "none")
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
+    first = np.asarray(build_feature_extractor(spec, source)(images, training=False))
+    np.random.default_rng(5).random(10)  # unrelated draws in between change nothing
+    second = np.asarray(build_feature_extractor(spec, source)(images, training=False))
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(first).max() > 0

@@ -10,6 +10,12 @@ has its row and column. Conventions where a score is absent from the true scores
 - its row of the normalised confusion matrix is all zeros.
 
 Each such case is written in ``notes``.
+
+Calibration (:func:`calibration_metrics`): the multiclass Brier score (scikit-learn's
+``brier_score_loss`` over the four scores: the squared distance of the probability vector from
+the one-hot truth, 0 best, 2 worst) and the top-label expected calibration error (ECE) over
+equal-mass bins (:data:`ECE_BINS` unless told). Conformal sets (:func:`set_metrics`): empirical
+coverage and mean set size.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    brier_score_loss,
     cohen_kappa_score,
     confusion_matrix,
     f1_score,
@@ -35,6 +42,8 @@ from sklearn.metrics import (
 )
 
 from lusfeat.scores import CLASSES, argmax_high, most_frequent
+
+ECE_BINS = 10  # equal-mass bins of the expected calibration error
 
 
 def _number(value: float) -> float | None:
@@ -116,8 +125,54 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "confusion_matrix": counts.tolist(),
         "confusion_matrix_normalized": normalised.tolist(),
+        **calibration_metrics(y_true, probabilities),
         "notes": notes,
     }
+
+
+def expected_calibration_error(y_true: Sequence[int], probabilities: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE over equal-mass bins: sum over bins of (share of rows) x |accuracy - mean confidence|.
+
+    The confidence of a row is its largest probability, right when that score (ties to the higher)
+    is the true one. Rows sorted by confidence are cut into ``min(n_bins, n)`` bins of equal size
+    (``np.array_split``: sizes differ by at most one), so every bin holds enough rows to measure.
+    """
+    y_true, probabilities = _check(np.asarray(y_true), probabilities)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    confidence = probabilities.max(axis=1)
+    correct = (CLASSES[argmax_high(probabilities)] == y_true).astype(float)
+    order = np.argsort(confidence, kind="stable")
+    total = 0.0
+    for rows in np.array_split(order, min(n_bins, len(order))):
+        total += len(rows) * abs(correct[rows].mean() - confidence[rows].mean())
+    return float(total / len(order))
+
+
+def calibration_metrics(y_true: Sequence[int], probabilities: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
+    """``brier`` (multiclass, 0-2), ``ece`` (top-label, equal-mass bins) and ``ece_bins`` (the bin count)."""
+    y_true, probabilities = _check(np.asarray(y_true), probabilities)
+    normalised = probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
+    return {"brier": float(brier_score_loss(y_true, normalised, labels=CLASSES)),
+            "ece": expected_calibration_error(y_true, normalised, n_bins),
+            "ece_bins": int(min(n_bins, len(y_true)))}
+
+
+def set_metrics(y_true: Sequence[int], sets: np.ndarray) -> dict[str, Any]:
+    """Empirical coverage of prediction sets ``(n, 4)`` booleans (score k in the row's set), mean size, per score.
+
+    ``coverage`` is the share of rows whose set holds the true score; ``coverage_per_score`` the same
+    among rows of each true score (None where absent); ``size_counts`` how many sets hold 1..4 scores.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    sets = np.asarray(sets, dtype=bool)
+    if sets.ndim != 2 or sets.shape != (len(y_true), len(CLASSES)) or not len(y_true):
+        raise ValueError(f"sets must be (n, 4) booleans for {len(y_true)} true scores, got {sets.shape}")
+    covered = sets[np.arange(len(y_true)), y_true]
+    sizes = sets.sum(axis=1)
+    return {"n": int(len(y_true)), "coverage": float(covered.mean()), "mean_set_size": float(sizes.mean()),
+            "coverage_per_score": [float(covered[y_true == k].mean()) if (y_true == k).any() else None for k in CLASSES],
+            "size_counts": [int((sizes == size).sum()) for size in range(len(CLASSES) + 1)]}
 
 
 def _video_keys(frames: pd.DataFrame) -> pd.DataFrame:

@@ -111,3 +111,40 @@ def test_evaluate_with_a_models_own_scores() -> None:
     assert own["roc_auc_macro"] == by_argmax["roc_auc_macro"]
     with pytest.raises(ValueError, match="one score 0..3 per frame"):
         evaluate(frames, probabilities, predicted=[1, 1, 2])
+
+
+def test_brier_is_scikit_learns_multiclass_score_and_ece_uses_equal_mass_bins():
+    from sklearn.metrics import brier_score_loss
+
+    from lusfeat.metrics import calibration_metrics, expected_calibration_error
+
+    y = np.array([0, 1, 2, 3, 1, 1])
+    uniform = np.full((6, 4), 0.25)
+    metrics = calibration_metrics(y, uniform)
+    assert metrics["brier"] == pytest.approx(0.75)  # 3 x 1/16 + (3/4)^2 per row
+    assert metrics["brier"] == pytest.approx(brier_score_loss(y, uniform, labels=[0, 1, 2, 3]))
+    # Uniform rows predict score 3 (ties to the higher) with confidence 0.25; right on 1 row of 6.
+    assert metrics["ece_bins"] == 6  # no more bins than rows: one row each, |1 - 0.25| once, |0 - 0.25| five times
+    assert metrics["ece"] == pytest.approx((0.75 + 5 * 0.25) / 6)
+    assert expected_calibration_error(y, uniform, n_bins=1) == pytest.approx(abs(1 / 6 - 0.25))
+    # Two equal-mass bins by hand: confidences 0.4, 0.5 (right, wrong) and 0.9, 1.0 (right, right).
+    probabilities = np.array([[0.4, 0.3, 0.3, 0.0], [0.5, 0.5, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    truth = np.array([0, 0, 0, 0])  # row 2's tie 0.5/0.5 goes to score 1: wrong
+    assert expected_calibration_error(truth, probabilities, n_bins=2) == pytest.approx(
+        0.5 * abs(0.5 - 0.45) + 0.5 * abs(1.0 - 0.95))
+    perfect = calibration_metrics(np.array([0, 1]), one_hot(np.array([0, 1])))
+    assert perfect["brier"] == 0 and perfect["ece"] == 0
+    assert "brier" in classification_metrics(Y_TRUE, one_hot(Y_PRED)) and "ece" in evaluate(
+        pd.DataFrame({"patient_id": ["1"] * 6, "video_id": list("abcdef"), "score": Y_TRUE}), one_hot(Y_PRED))["video"]
+
+
+def test_set_metrics_count_coverage_and_size():
+    from lusfeat.metrics import set_metrics
+
+    sets = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]], dtype=bool)
+    metrics = set_metrics([0, 3, 3, 2], sets)
+    assert metrics["coverage"] == 0.75 and metrics["mean_set_size"] == 2.25
+    assert metrics["coverage_per_score"] == [1.0, None, 1.0, 0.5]
+    assert metrics["size_counts"] == [0, 1, 2, 0, 1]
+    with pytest.raises(ValueError, match="sets must be"):
+        set_metrics([0, 1], sets)

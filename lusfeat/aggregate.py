@@ -15,6 +15,11 @@ Every function takes a per-frame predictions table (``lusfeat.fit``'s ``predicti
 ``patient_id, region, video_id, score`` and ``<prefix>_p0..p3``, ``<prefix>_pred``) and a
 column prefix (``"head"`` or ``"logreg"``). A true score of -1 means unlabelled: such regions
 get a prediction but no truth, and are left out of the agreement.
+
+Where the table has a conformal set per frame (``<prefix>_set``, e.g. ``{1,2}``: its video's
+set, see :mod:`lusfeat.models.conformal`), videos and regions get ``score_set`` and
+``set_size``: a region's set runs from the lowest to the highest score of its videos' sets, so it
+holds the region's true score (one of its videos' true scores) whenever that video's set does.
 """
 
 from __future__ import annotations
@@ -57,6 +62,14 @@ def check_predictions(predictions: pd.DataFrame, prefix: str) -> None:
         raise LusfeatError("predictions table has no rows")
 
 
+def hull_set(texts: Iterable[str]) -> str:
+    """The set (``{1,2}``) running from the lowest to the highest score of these sets."""
+    from lusfeat.models.conformal import fill_gaps, format_set, parse_set
+
+    rows = np.array([parse_set(text) for text in texts])
+    return format_set(fill_gaps(rows.any(axis=0, keepdims=True))[0])
+
+
 def _group_scores(predictions: pd.DataFrame, prefix: str, keys: list[str], rule: str) -> pd.DataFrame:
     if rule not in RULES:
         raise LusfeatError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
@@ -85,6 +98,10 @@ def _group_scores(predictions: pd.DataFrame, prefix: str, keys: list[str], rule:
         row["pred"] = pred
         row["agree"] = bool(pred == true) if true != UNLABELLED else None
         row["frame_accuracy"] = float((predicted == truth)[truth != UNLABELLED].mean()) if (truth != UNLABELLED).any() else math.nan
+        if f"{prefix}_set" in frames.columns:
+            row["score_set"] = hull_set(frames[f"{prefix}_set"])
+            row["set_size"] = row["score_set"].count(",") + 1
+            row["in_set"] = bool(str(true) in row["score_set"].strip("{}").split(",")) if true != UNLABELLED else None
         rows.append(row)
     out = pd.DataFrame(rows)
     order = sorted(range(len(out)), key=lambda i: tuple(natural_key(out.iloc[i][k]) for k in keys))

@@ -1,7 +1,7 @@
 """Stage two: train the scorers on cached features, per patient-level fold.
 
-    python -m lusfeat.fit --fold 2|all [--preset video|paper] [--features features/xception.h5 ...]
-        [--folds 3] [--epochs 3] [--batch-size 32] [--lr 0.001] [--dropout 0.5] [--seed 0] [--out runs/]
+    python -m lusfeat.fit --fold 2|all [--final] [--preset video|paper] [--features features/xception.h5 ...]
+        [--folds 3] [--epochs 3] [--batch-size 32] [--lr 0.001] [--dropout 0.5] [--coverage 0.9] [--seed 0] [--out runs/]
 
 Models (column prefixes of ``predictions.csv``):
 
@@ -20,6 +20,17 @@ feature files (one per backbone) are scored on the same split. Writes, per backb
 ``RUN/<backbone>/fold<k>/{predictions.csv, metrics.json, head.keras, logreg.joblib, [video.joblib], model.json}``,
 with ``--fold all`` also ``RUN/<backbone>/pooled/{predictions.csv, metrics.json}``, and
 ``RUN/summary.csv``; the summary table is printed on stdout, progress goes to stderr.
+
+Every model is also calibrated (one temperature) and given conformal score sets per video
+(``--coverage``, default 0.9), both learned on inner patient-level folds of its training patients
+only; ``predictions.csv`` adds ``<model>_cal_p0..p3`` and ``<model>_set``, ``metrics.json`` the
+Brier score, ECE, coverage and set size before/after (``docs/uncertainty.md``).
+
+``--final`` trains every model of the preset on **all** patients (the video model's C chosen by
+the same inner patient-level split) into ``RUN/<backbone>/final``, the model to score new patients
+with (``lusfeat.predict --model RUN/<backbone>/final``). It has no held-out test: its
+``metrics.json`` says so and points at ``RUN/<backbone>/pooled``, the folds' results, for what to
+expect of it. ``--final`` alone fits only the final model; with ``--fold all`` the folds come first.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from lusfeat.runs import (
     PRESETS,
     SUMMARY_COLUMNS,
     FitParams,
+    final_metrics,
+    fit_final,
     fit_fold,
     fold_metrics,
     model_record,
@@ -64,7 +77,8 @@ def run_backbone(features: FeatureSet, folds: pd.DataFrame, fold_numbers: list[i
     records, tables = [], []
     for fold in fold_numbers:
         result = fit_fold(features, folds, fold, params)
-        predictions = predictions_table(result.test_frames, result.probabilities, result.predicted, fold)
+        predictions = predictions_table(result.test_frames, result.probabilities, result.predicted, fold,
+                                        result.calibrated, result.sets)
         metrics = fold_metrics(backbone, result, predictions, features, params)
         write_fold(run_dir / backbone / f"fold{fold}", result, predictions, metrics,
                    model_record(backbone, result, features, params))
@@ -84,6 +98,22 @@ def run_backbone(features: FeatureSet, folds: pd.DataFrame, fold_numbers: list[i
         write_pooled(run_dir / backbone / "pooled", predictions, metrics)
         records.append(metrics)
     return records
+
+
+def run_final(features: FeatureSet, run_dir: Path, params: FitParams) -> dict[str, Any]:
+    """Fit every model on all patients into ``RUN/<backbone>/final``; its metrics record (no test score)."""
+    backbone = features.config.backbone
+    result = fit_final(features, params)
+    folder = run_dir / backbone / "final"
+    metrics = final_metrics(backbone, result, features, params, run_dir / backbone / "pooled")
+    write_fold(folder, result, None, metrics, model_record(backbone, result, features, params))
+    log.info("%s final: %d frames x %d copies of %d patients | %s", backbone, result.n_train_frames,
+             features.config.copies, len(result.train_patients),
+             " | ".join(f"{name} {metrics[name]['fit_seconds']:.2f} s" for name in result.models))
+    _report_warnings(backbone, "final", metrics["warnings"])
+    print(f"{backbone}: final model in {folder} (all {len(result.train_patients)} patients; no held-out test: "
+          f"expect what {run_dir / backbone / 'pooled' / 'metrics.json'} measured)")
+    return metrics
 
 
 def _fmt(value: float | None) -> str:
@@ -106,7 +136,13 @@ def parse_fold(text: str) -> str | int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lusfeat.fit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fold", type=parse_fold, required=True, help="test fold 1..k, or 'all' (every fold, then pooled)")
+    parser.add_argument("--fold", type=parse_fold, default=None,
+                        help="test fold 1..k, or 'all' (every fold, then pooled); needed unless --final")
+    parser.add_argument("--final", action="store_true",
+                        help="also (or, without --fold, only) train every model on all patients into "
+                        "RUN/<backbone>/final: the model to score new patients with; no held-out test")
+    parser.add_argument("--coverage", type=float, default=FitParams.coverage,
+                        help="conformal score sets per video hold the true score this often (default: %(default)s)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default=FitParams.preset,
                         help="video: adds the video-level ordinal model and scores with it (QWK 0.23 vs 0.12 for the "
                         "paper's head on COVID-BLUES, benchmarks/accuracy.py); paper: the paper's head and the "
@@ -134,10 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = FitParams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                            dropout=args.dropout, seed=args.seed, folds=args.folds, preset=args.preset,
-                           class_weight=None if args.class_weight == "none" else args.class_weight)
+                           class_weight=None if args.class_weight == "none" else args.class_weight,
+                           coverage=args.coverage)
+        if args.fold is None and not args.final:
+            raise LusfeatError("give --fold K|all (patient folds with a held-out test), --final (one model on all "
+                               "patients, for new patients), or both")
+        if not 0.5 <= params.coverage < 1:
+            raise LusfeatError(f"--coverage {params.coverage}: give the share of videos whose set should hold the "
+                               "true score, at least 0.5 and below 1 (e.g. 0.9)")
         if params.epochs < 1 or params.batch_size < 1 or params.learning_rate <= 0 or not 0 <= params.dropout < 1:
             raise LusfeatError("--epochs and --batch-size must be >= 1, --lr > 0 and --dropout in [0, 1)")
-        if args.fold != "all" and not 1 <= args.fold <= params.folds:
+        if args.fold not in ("all", None) and not 1 <= args.fold <= params.folds:
             raise LusfeatError(f"--fold {args.fold}: the folds are 1..{params.folds}, or 'all'")
         # Tables first (small); each file's features are loaded only when its turn comes.
         paths = resolve_feature_paths(args.features)
@@ -148,21 +191,27 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"several feature files of backbone {', '.join(twice)}: their results would share "
                                "RUN/<backbone>; fit them into separate --out folders")
         run_dir = Path(args.out)
-        all_frames = pd.concat([frames for _, frames in tables], ignore_index=True)
-        folds, reused = load_or_make_folds(run_dir, all_frames, params.folds, params.seed)
-        log.info("%s %s: %d patients in %d folds", "reusing" if reused else "made", run_dir / "folds.csv",
-                 len(folds), params.folds)
-        fold_numbers = list(range(1, params.folds + 1)) if args.fold == "all" else [args.fold]
+        if args.fold is not None:
+            all_frames = pd.concat([frames for _, frames in tables], ignore_index=True)
+            folds, reused = load_or_make_folds(run_dir, all_frames, params.folds, params.seed)
+            log.info("%s %s: %d patients in %d folds", "reusing" if reused else "made", run_dir / "folds.csv",
+                     len(folds), params.folds)
+        fold_numbers = [] if args.fold is None else list(range(1, params.folds + 1)) if args.fold == "all" else [args.fold]
         import keras  # noqa: F401  (loaded here, so that the first fold's fit time is the fit's alone)
 
         rows = []
         for path in paths:
             features = load_features(path)
-            for record in run_backbone(features, folds, fold_numbers, args.fold == "all", run_dir, params):
-                rows.extend(summary_rows(record))
+            if fold_numbers:
+                for record in run_backbone(features, folds, fold_numbers, args.fold == "all", run_dir, params):
+                    rows.extend(summary_rows(record))
+            if args.final:
+                run_final(features, run_dir, params)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if not rows:
+        return 0
     update_summary(run_dir / "summary.csv", rows)
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="n/a"))

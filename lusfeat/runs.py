@@ -7,12 +7,20 @@
     RUN/<backbone>/fold<k>/            predictions.csv, metrics.json, model.json and the models:
                                        head.keras, logreg.joblib, [video.joblib]
     RUN/<backbone>/pooled/             predictions.csv, metrics.json of all folds together
+    RUN/<backbone>/final/              fit --final: every model trained on all patients; model.json,
+                                       metrics.json (no held-out test: see pooled/) and the models
 
 Here: the fit parameters (:class:`FitParams`), fitting one fold (:func:`fit_fold`), the tables and
 records written (:func:`predictions_table`, :func:`fold_metrics`, :func:`pooled_metrics`,
 :func:`model_record`), writing a fold (:func:`write_fold`) and loading one back
 (:func:`load_saved_model`) with the checks that refuse features it was not trained on, and
 scoring features with it (:func:`score_features`). ``docs/formats.md`` describes the files.
+
+Post-hoc (:func:`fit_posthoc`): every model of a fold (or of the final fit) is also refitted on
+inner patient-level folds of its *training* patients (the split that chooses the video model's
+C); the inner held-out probabilities fit a temperature (:class:`~lusfeat.models.calibration.TemperatureScaling`)
+and, on the calibrated video probabilities, conformal score sets (:class:`~lusfeat.models.conformal.ConformalScoreSets`).
+No test patient is used. ``docs/uncertainty.md`` says what they mean.
 """
 
 from __future__ import annotations
@@ -32,13 +40,16 @@ import numpy as np
 import pandas as pd
 
 from lusfeat import __version__
+from lusfeat.aggregate import region_scores, video_scores
 from lusfeat.errors import LusfeatError
 from lusfeat.files import replace_atomically, write_csv, write_json
-from lusfeat.folds import split_frames
-from lusfeat.metrics import agreement_kappa, evaluate
+from lusfeat.folds import make_folds, patient_strata, split_frames
+from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
+from lusfeat.models.calibration import TemperatureScaling
+from lusfeat.models.conformal import ConformalScoreSets, format_set, parse_set
 from lusfeat.models.head import SeverityHead
 from lusfeat.models.linear import StandardisedLogisticRegression, pipeline_probabilities
-from lusfeat.models.ordinal import OrdinalLogisticRegression
+from lusfeat.models.ordinal import OrdinalLogisticRegression, decide
 from lusfeat.models.video import VideoPoolingClassifier
 from lusfeat.scores import CLASSES, argmax_high
 from lusfeat.store import FORMAT_VERSION, ExtractionConfig, FeatureSet, read_config, read_frame_table
@@ -71,6 +82,9 @@ class FitParams:
     video_pooling: tuple[str, ...] = ("mean", "std", "max")
     video_class_weight: str | None = "balanced"
     video_Cs: tuple[float, ...] = (0.001, 0.01, 0.1)  # grid of benchmarks/accuracy.py, chosen by inner CV
+    coverage: float = 0.9  # conformal sets: share of videos whose set should hold the true score
+    conformal_method: str = "lac"
+    inner_folds: int = 3  # patient-level folds of the training patients, for C, calibration and sets
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -80,7 +94,7 @@ class FitParams:
     def video_model(self) -> VideoPoolingClassifier:
         ordinal = OrdinalLogisticRegression(class_weight=self.video_class_weight, random_state=self.seed)
         return VideoPoolingClassifier(estimator=ordinal, pooling=self.video_pooling, Cs=self.video_Cs,
-                                      random_state=self.seed)
+                                      inner_folds=self.inner_folds, random_state=self.seed)
 
     def head(self) -> SeverityHead:
         return SeverityHead(dropout=self.dropout, learning_rate=self.learning_rate, epochs=self.epochs,
@@ -94,7 +108,7 @@ class FitParams:
 class FoldResult:
     """One backbone, one test fold: the fitted models, test predictions and metrics."""
 
-    fold: int
+    fold: int | str  # 1..k, or "final"
     train_patients: list[str]
     test_patients: list[str]
     n_train_frames: int
@@ -103,6 +117,10 @@ class FoldResult:
     predicted: dict[str, np.ndarray]  # model -> (n_test,) scores
     seconds: dict[str, float]  # model -> fit wall time
     models: dict[str, Any]  # model -> fitted estimator, in the preset's order
+    posthoc: dict[str, PostHoc] = dataclasses.field(default_factory=dict)  # model -> calibration and sets
+    calibrated: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # model -> (n_test, 4)
+    sets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # model -> (n_test, 4) booleans
+    notes: list[str] = dataclasses.field(default_factory=list)  # models left uncalibrated, and why
 
     @property
     def head(self) -> SeverityHead:
@@ -142,57 +160,199 @@ def video_fit_arguments(frames: pd.DataFrame) -> dict[str, np.ndarray]:
             "strata": frames["group"].to_numpy()}
 
 
+CALIBRATION_LINKS = {"head": "softmax", "logreg": "softmax", "video": "cumulative"}
+INNER_SEED_OFFSET = 1000  # the inner split's seed: seed + 1000, as VideoPoolingClassifier's C choice
+
+
+@dataclass
+class PostHoc:
+    """One model's calibration (a temperature) and conformal sets, learned on its training patients only."""
+
+    calibrator: TemperatureScaling
+    conformal: ConformalScoreSets
+    record: dict[str, Any]  # how they were made: inner folds, patients, rows
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.calibrator.transform(probabilities)
+
+    def frame_sets(self, frames: pd.DataFrame, calibrated: np.ndarray, coverage: float | None = None) -> np.ndarray:
+        """``(n_frames, 4)`` booleans: each frame's row is its video's set (of the mean calibrated probabilities)."""
+        keys = video_keys(frames)
+        _, inverse = np.unique(keys, return_inverse=True)
+        sums = np.zeros((inverse.max() + 1 if len(inverse) else 0, len(CLASSES)))
+        np.add.at(sums, inverse, calibrated)
+        counts = np.bincount(inverse)[:, np.newaxis]
+        return self.conformal.predict_sets(sums / counts, coverage)[inverse]
+
+    def to_records(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({**self.calibrator.to_record(), **self.record},
+                {**self.conformal.to_record(), "level": "video", **self.record})
+
+    @classmethod
+    def from_records(cls, calibration: dict[str, Any], conformal: dict[str, Any]) -> PostHoc:
+        return cls(TemperatureScaling.from_record(calibration), ConformalScoreSets.from_record(conformal),
+                   {key: value for key, value in calibration.items() if key.startswith("inner_")})
+
+
+def _fit_model(name: str, model: Any, X: np.ndarray, y: np.ndarray, frames: pd.DataFrame) -> Any:
+    with warnings.catch_warnings():
+        # Non-convergence is reported in metrics.json (logreg.converged), not as a stray warning.
+        warnings.simplefilter("ignore", category=UserWarning)
+        extra = video_fit_arguments(frames) if name == "video" else {}
+        return model.fit(X, y, **extra)
+
+
+def _score_model(name: str, model: Any, X: np.ndarray, frames: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities (n, 4), scores (n,))`` of copy 0 of ``X``, by the model's own rule."""
+    if name == "video":
+        keys = video_keys(frames)
+        return model.predict_proba(X, keys), model.predict(X, keys)
+    probabilities = model.predict_proba(X)
+    return probabilities, CLASSES[argmax_high(probabilities)]
+
+
+def decision(name: str, probabilities: np.ndarray) -> np.ndarray:
+    """Scores read from (calibrated) probabilities by the model's rule: the ordinal median for the video model."""
+    return decide(probabilities, "median") if name in OWN_DECISION else CLASSES[argmax_high(probabilities)]
+
+
+def _refit_copy(name: str, model: Any) -> Any:
+    """An unfitted copy with the fitted model's settings: the video model at its chosen C, no new choice."""
+    from sklearn.base import clone
+
+    copy = clone(model)
+    if name == "video" and getattr(model, "C_", None) is not None:
+        copy.set_params(Cs=None, estimator__C=model.C_)
+    return copy
+
+
+def _per_video(frames: pd.DataFrame, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    videos, mean = video_probabilities(frames, probabilities)
+    return mean, videos["score"].to_numpy().astype(int)
+
+
+def fit_posthoc(name: str, model: Any, X: np.ndarray, y: np.ndarray, frames: pd.DataFrame,
+                params: FitParams) -> tuple[PostHoc | None, str]:
+    """Calibration and conformal sets of a fitted ``model`` from inner folds of its training frames.
+
+    ``(None, why)`` when they cannot be made (fewer than two training patients, or an inner part
+    that the model cannot be fitted on); the model is then used uncalibrated and without sets.
+    """
+    strata = patient_strata(frames)
+    n_inner = min(params.inner_folds, len(strata))
+    if n_inner < 2:
+        return None, "a single training patient: no inner patient-level split to calibrate on"
+    inner = make_folds(strata, n_inner, seed=INNER_SEED_OFFSET + params.seed).set_index("patient_id")["fold"]
+    fold_of = frames["patient_id"].astype(str).map(inner).to_numpy()
+    held_out = np.zeros((len(frames), len(CLASSES)))
+    for k in range(1, n_inner + 1):
+        part, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+        try:
+            copy = _fit_model(name, _refit_copy(name, model), X[:, rest], y[rest], frames.iloc[rest])
+        except ValueError as error:  # e.g. an inner part holding one score only
+            return None, f"inner fold {k} could not be fitted ({error})"
+        held_out[part] = _score_model(name, copy, X[0, part], frames.iloc[part])[0]
+    # The video model answers per video: calibrate on one row per video, the frame models per frame.
+    rows, truth = _per_video(frames, held_out) if name == "video" else (held_out, y)
+    calibrator = TemperatureScaling(link=CALIBRATION_LINKS[name]).fit(rows, truth)
+    video_rows, video_truth = _per_video(frames, calibrator.transform(held_out))
+    conformal = ConformalScoreSets(coverage=params.coverage, method=params.conformal_method).fit(video_rows, video_truth)
+    record = {"inner_folds": n_inner, "inner_seed": INNER_SEED_OFFSET + params.seed,
+              "inner_patients": _patients(frames["patient_id"]), "inner_rows": len(rows),
+              "inner_videos": len(video_rows)}
+    return PostHoc(calibrator, conformal, record), ""
+
+
+def _fit_models(features: FeatureSet, train: np.ndarray, params: FitParams, where: str) -> tuple[
+        dict[str, Any], dict[str, float], dict[str, PostHoc], list[str]]:
+    frames = features.frames
+    train_scores = frames["score"].to_numpy().astype(int)[train]
+    if len(np.unique(train_scores)) < 2:
+        raise LusfeatError(f"{where}: the training frames hold a single score ({train_scores[0]}); nothing to learn")
+    X_train = features.features[:, train]
+    train_frames = frames.iloc[train].reset_index(drop=True)
+    makers = {"head": params.head, "logreg": params.logistic_check, "video": params.video_model}
+    models, seconds, posthoc, notes = {}, {}, {}, []
+    for name in params.models:
+        began = time.perf_counter()
+        models[name] = _fit_model(name, makers[name](), X_train, train_scores, train_frames)
+        seconds[name] = time.perf_counter() - began
+        fitted, why = fit_posthoc(name, models[name], X_train, train_scores, train_frames, params)
+        if fitted is None:
+            notes.append(f"{name}: no calibration or score sets: {why}")
+        else:
+            posthoc[name] = fitted
+    return models, seconds, posthoc, notes
+
+
 def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitParams) -> FoldResult:
-    """Train the preset's models on every fold but ``fold`` (all cached copies); predict ``fold`` (copy 0)."""
+    """Train the preset's models on every fold but ``fold`` (all cached copies); predict ``fold`` (copy 0).
+
+    Each model's calibration and score sets are learned on the training patients only (:func:`fit_posthoc`).
+    """
     train, test = split_frames(features.frames, folds, fold)
     frames = features.frames
-    scores = frames["score"].to_numpy().astype(int)
-    train_scores = scores[train]
-    if len(np.unique(train_scores)) < 2:
-        raise LusfeatError(f"fold {fold}: the training frames hold a single score ({train_scores[0]}); nothing to learn")
-    X_train = features.features[:, train]
+    models, seconds, posthoc, notes = _fit_models(features, train, params, f"fold {fold}")
     X_test = features.features[0, test]
-    videos = video_keys(frames)
-    makers = {"head": params.head, "logreg": params.logistic_check, "video": params.video_model}
-    models, probabilities, predicted, seconds = {}, {}, {}, {}
-    for name in params.models:
-        model = makers[name]()
-        began = time.perf_counter()
-        with warnings.catch_warnings():
-            # Non-convergence is reported in metrics.json (logreg.converged), not as a stray warning.
-            warnings.simplefilter("ignore", category=UserWarning)
-            extra = video_fit_arguments(frames.iloc[train]) if name == "video" else {}
-            model.fit(X_train, train_scores, **extra)
-        seconds[name] = time.perf_counter() - began
-        if name == "video":
-            probabilities[name] = model.predict_proba(X_test, videos[test])
-            predicted[name] = model.predict(X_test, videos[test])
-        else:
-            probabilities[name] = model.predict_proba(X_test)
-            predicted[name] = CLASSES[argmax_high(probabilities[name])]
-        models[name] = model
-    return FoldResult(
+    test_frames = frames.iloc[test].reset_index(drop=True)
+    probabilities, predicted, calibrated, sets = {}, {}, {}, {}
+    for name, model in models.items():
+        probabilities[name], predicted[name] = _score_model(name, model, X_test, test_frames)
+        if name in posthoc:
+            calibrated[name] = posthoc[name].calibrate(probabilities[name])
+            sets[name] = posthoc[name].frame_sets(test_frames, calibrated[name])
+    result = FoldResult(
         fold=fold,
         train_patients=_patients(frames["patient_id"].iloc[train]),
         test_patients=_patients(frames["patient_id"].iloc[test]),
         n_train_frames=len(train),
-        test_frames=frames.iloc[test].reset_index(drop=True),
+        test_frames=test_frames,
         probabilities=probabilities,
         predicted=predicted,
         seconds=seconds,
         models=models,
+        posthoc=posthoc,
+        calibrated=calibrated,
+        sets=sets,
+        notes=notes,
     )
+    return result
+
+
+def fit_final(features: FeatureSet, params: FitParams) -> FoldResult:
+    """Train the preset's models on every patient of ``features`` (``lusfeat.fit --final``); nothing is held out.
+
+    Its calibration and score sets come from the same inner patient-level folds, now of all patients.
+    """
+    frames = features.frames
+    everything = np.arange(len(frames))
+    models, seconds, posthoc, notes = _fit_models(features, everything, params, "final model")
+    empty = np.zeros((0, len(CLASSES)))
+    result = FoldResult(fold="final", train_patients=_patients(frames["patient_id"]), test_patients=[],
+                        n_train_frames=len(frames), test_frames=frames.iloc[:0].reset_index(drop=True),
+                        probabilities=dict.fromkeys(models, empty), predicted=dict.fromkeys(models, np.zeros(0, int)),
+                        seconds=seconds, models=models, posthoc=posthoc, notes=notes)
+    return result
 
 
 def predictions_table(frames: pd.DataFrame, probabilities: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
-                      folds: np.ndarray | int | None = None) -> pd.DataFrame:
+                      folds: np.ndarray | int | None = None, calibrated: dict[str, np.ndarray] | None = None,
+                      sets: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """One row per frame: its labels (``score`` -1 where unlabelled), each model's probabilities
-    ``<model>_p0..p3`` and score ``<model>_pred``, and its test ``fold`` (fit's predictions.csv only)."""
+    ``<model>_p0..p3`` and score ``<model>_pred``, and its test ``fold`` (fit's predictions.csv only).
+
+    With ``calibrated`` and ``sets``, after the models' columns: ``<model>_cal_p0..p3`` (calibrated
+    probabilities) and ``<model>_set`` (its video's score set, ``{1,2}``) for each calibrated model.
+    """
     table = frames[FRAME_COLUMNS].reset_index(drop=True).copy()
     for model in (name for name in MODELS if name in probabilities):
         for label in CLASSES:
             table[f"{model}_p{label}"] = probabilities[model][:, label]
         table[f"{model}_pred"] = predicted[model]
+    for model in (name for name in MODELS if name in (calibrated or {})):
+        for label in CLASSES:
+            table[f"{model}_cal_p{label}"] = calibrated[model][:, label]
+        table[f"{model}_set"] = [format_set(row) for row in sets[model]]
     if folds is not None:
         table["fold"] = folds
     return table
@@ -203,6 +363,19 @@ def evaluate_model(frames: pd.DataFrame, predictions: pd.DataFrame, model: str) 
     probabilities = predictions[[f"{model}_p{label}" for label in CLASSES]].to_numpy(float)
     own = predictions[f"{model}_pred"].to_numpy() if model in OWN_DECISION else None
     return evaluate(frames, probabilities, own)
+
+
+def posthoc_metrics(frames: pd.DataFrame, predictions: pd.DataFrame, model: str, target: float) -> dict[str, Any]:
+    """``calibrated`` (``evaluate`` of the calibrated probabilities, scores by the model's rule) and ``sets``
+    (coverage and size of the score sets per video and per region) of a model with ``<model>_cal_p*`` columns."""
+    calibrated = predictions[[f"{model}_cal_p{label}" for label in CLASSES]].to_numpy(float)
+    out: dict[str, Any] = {"calibrated": evaluate(frames, calibrated, decision(model, calibrated))}
+    sets: dict[str, Any] = {"target_coverage": target}
+    for level, table in (("video", video_scores(predictions, model)), ("region", region_scores(predictions, model))):
+        table = table[table["truth"] != -1]
+        sets[level] = set_metrics(table["truth"].to_numpy(), np.array([parse_set(text) for text in table["score_set"]]))
+    out["sets"] = sets
+    return out
 
 
 def compare_models(metrics: dict[str, dict[str, Any]], predictions: pd.DataFrame) -> tuple[float | None, list[str]]:
@@ -236,6 +409,12 @@ def fold_metrics(backbone: str, result: FoldResult, predictions: pd.DataFrame, f
     record["primary"] = record["models"][0]
     for model in result.models:
         record[model] = {**evaluate_model(result.test_frames, predictions, model), "fit_seconds": result.seconds[model]}
+        if model in result.posthoc:
+            calibration, conformal = result.posthoc[model].to_records()
+            record[model]["calibration"] = calibration
+            record[model].update(posthoc_metrics(result.test_frames, predictions, model, params.coverage))
+            record[model]["sets"]["threshold"] = conformal["threshold"]
+    _headline_coverage(record)
     record["head"]["history"] = result.head.history_
     record["logreg"]["n_iter"] = result.logreg.n_iter_
     record["logreg"]["converged"] = result.logreg.converged_
@@ -244,6 +423,7 @@ def fold_metrics(backbone: str, result: FoldResult, predictions: pd.DataFrame, f
         record["video"].update({"C": video.C_, "inner_video_qwk": video.inner_qwk_, "train_videos": video.n_videos_,
                                 "converged": bool(video.estimator_.converged_)})
     record["agreement_kappa"], record["warnings"] = compare_models(record, predictions)
+    record["warnings"].extend(result.notes)
     if not result.logreg.converged_:
         record["warnings"].append(f"the logistic regression stopped at max_iter={params.logreg_max_iter} before converging")
     record["params"] = {**dataclasses.asdict(params), "train_copies": features.config.copies, "eval_copy": 0}
@@ -272,6 +452,11 @@ def pooled_metrics(backbone: str, fold_records: list[dict[str, Any]], prediction
             "per_fold": {key: [entry[key] for entry in per_fold]
                          for key in ("accuracy", "macro_f1", "qwk", "roc_auc_macro", "mae", "fit_seconds")},
         }
+        if f"{model}_cal_p0" in predictions.columns and f"{model}_set" in predictions.columns:
+            record[model].update(posthoc_metrics(frames, predictions, model, params.coverage))
+            record[model]["calibration"] = {"temperature_per_fold": [entry.get("calibration", {}).get("temperature")
+                                                                     for entry in per_fold]}
+    _headline_coverage(record)
     # Only the pooled comparison's own warnings here; run_backbone adds the folds' after printing.
     record["agreement_kappa"], record["warnings"] = compare_models(record, predictions)
     record["params"] = fold_records[0]["params"]
@@ -279,8 +464,58 @@ def pooled_metrics(backbone: str, fold_records: list[dict[str, Any]], prediction
     return record
 
 
+def _headline_coverage(record: dict[str, Any]) -> None:
+    """The primary model's video-level coverage and mean set size at the top of a metrics record."""
+    sets = record.get(record["primary"], {}).get("sets")
+    if sets:
+        record.update({"coverage": sets["video"]["coverage"], "mean_set_size": sets["video"]["mean_set_size"],
+                       "target_coverage": sets["target_coverage"], "coverage_level": "video"})
+
+
+def final_metrics(backbone: str, result: FoldResult, features: FeatureSet, params: FitParams,
+                  pooled: Path) -> dict[str, Any]:
+    """``metrics.json`` of the final model: what it was trained on, and where its expected accuracy is."""
+    record: dict[str, Any] = {
+        "backbone": backbone, "fold": "final", "held_out_test": False,
+        "note": (f"trained on all {len(result.train_patients)} patients: no patient is held out, so there is no test "
+                 "score of this model. Its expected accuracy, calibration and set coverage are those measured on the "
+                 f"held-out folds of the same settings: {pooled}/metrics.json (lusfeat.fit --fold all)."),
+        "expected_performance_from": str(pooled / "metrics.json"),
+        "n_train_frames": result.n_train_frames, "train_patients": result.train_patients,
+        "models": list(result.models), "primary": next(iter(result.models)), "warnings": list(result.notes),
+    }
+    if (pooled / "metrics.json").is_file():
+        earlier = json.loads((pooled / "metrics.json").read_text())
+        same = {key: earlier.get("params", {}).get(key) == value for key, value in dataclasses.asdict(params).items()
+                if key not in ("video_pooling", "video_Cs")}
+        record["pooled_held_out"] = {
+            "params_match": all(same.values()),
+            **{model: {key: earlier.get(model, {}).get(key) for key in ("accuracy", "macro_f1", "qwk")}
+               for model in result.models if model in earlier},
+            **{key: earlier.get(key) for key in ("coverage", "mean_set_size", "target_coverage") if key in earlier}}
+    else:
+        record["warnings"].append(f"{pooled}/metrics.json not found: run lusfeat.fit --fold all with the same "
+                                  "settings to measure what this model can be expected to do")
+    for model in result.models:
+        entry: dict[str, Any] = {"fit_seconds": result.seconds[model]}
+        if model in result.posthoc:
+            entry["calibration"], conformal = result.posthoc[model].to_records()
+            entry["sets"] = {"target_coverage": params.coverage, "threshold": conformal["threshold"]}
+        record[model] = entry
+    if "video" in result.models:
+        video = result.models["video"]
+        record["video"].update({"C": video.C_, "inner_video_qwk": video.inner_qwk_, "train_videos": video.n_videos_})
+    record["params"] = {**dataclasses.asdict(params), "train_copies": features.config.copies}
+    record["features"] = features_record(features)
+    return record
+
+
 def model_record(backbone: str, result: FoldResult, features: FeatureSet, params: FitParams) -> dict[str, Any]:
-    """What ``predict`` needs to rebuild the feature extractor and refuse a mismatch."""
+    """What ``predict`` needs to rebuild the feature extractor and refuse a mismatch, and each model's
+    calibration (``calibration``) and conformal sets (``conformal``, with their calibration scores)."""
+    calibration, conformal = {}, {}
+    for name, fitted in result.posthoc.items():
+        calibration[name], conformal[name] = fitted.to_records()
     return {
         "backbone": backbone,
         "fold": result.fold,
@@ -294,15 +529,20 @@ def model_record(backbone: str, result: FoldResult, features: FeatureSet, params
         "files": {name: MODEL_FILES[name] for name in result.models},
         "lusfeat_version": __version__,
         "params": dataclasses.asdict(params),
+        "calibration": calibration,
+        "conformal": conformal,
     }
 
 
-def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame, metrics: dict[str, Any],
+def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame | None, metrics: dict[str, Any],
                model: dict[str, Any]) -> None:
     import joblib
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv(predictions, folder / "predictions.csv")
+    if predictions is None:  # the final model: nothing held out
+        (folder / "predictions.csv").unlink(missing_ok=True)
+    else:
+        write_csv(predictions, folder / "predictions.csv")
     write_json(metrics, folder / "metrics.json")
     replace_atomically(folder / MODEL_FILES["head"], result.head.model_.save)
     replace_atomically(folder / MODEL_FILES["logreg"], lambda target: joblib.dump(result.logreg.pipeline_, target))
@@ -368,6 +608,7 @@ class SavedModel:
     extraction: ExtractionConfig
     models: dict[str, object]  # name -> keras.Model "head" | sklearn Pipeline "logreg" | VideoPoolingClassifier "video"
     primary: str
+    posthoc: dict[str, PostHoc] = dataclasses.field(default_factory=dict)  # name -> calibration and score sets
 
     @property
     def head(self) -> object:
@@ -433,7 +674,16 @@ def load_saved_model(folder: str | os.PathLike) -> SavedModel:
     if primary not in models:
         raise LusfeatError(f"{info_path}: primary model {primary!r} is not among its models {', '.join(names)}; "
                            "refit the fold with lusfeat.fit")
-    return SavedModel(folder, info, extraction, models, primary)
+    posthoc = {}
+    calibration, conformal = info.get("calibration") or {}, info.get("conformal") or {}
+    for name in names:  # folders of lusfeat before calibration have neither: scored uncalibrated, without sets
+        if name in calibration and name in conformal:
+            try:
+                posthoc[name] = PostHoc.from_records(calibration[name], conformal[name])
+            except (KeyError, TypeError, ValueError) as error:
+                raise LusfeatError(f"{info_path}: the {name} model's calibration or conformal record is broken "
+                                   f"({error!r}); refit with lusfeat.fit") from error
+    return SavedModel(folder, info, extraction, models, primary, posthoc)
 
 
 def check_compatible(model: SavedModel, weights_identity: str, weights_description: str, input_size: int,
@@ -480,5 +730,16 @@ def score_features(features: np.ndarray, frames: pd.DataFrame,
         if name not in predicted:
             predicted[name] = CLASSES[argmax_high(probabilities[name])]
     return probabilities, predicted
+
+
+def apply_posthoc(model: SavedModel, frames: pd.DataFrame, probabilities: dict[str, np.ndarray],
+                  coverage: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(calibrated probabilities, score sets per frame)`` of each calibrated model of the folder, for
+    :func:`predictions_table`; the sets at ``coverage`` (default: the one each was fitted for)."""
+    calibrated, sets = {}, {}
+    for name in (name for name in probabilities if name in model.posthoc):
+        calibrated[name] = model.posthoc[name].calibrate(probabilities[name])
+        sets[name] = model.posthoc[name].frame_sets(frames, calibrated[name], coverage)
+    return calibrated, sets
 
 

@@ -19,7 +19,9 @@ PAPER_COLUMNS = [
     "head_p0", "head_p1", "head_p2", "head_p3", "head_pred",
     "logreg_p0", "logreg_p1", "logreg_p2", "logreg_p3", "logreg_pred",
 ]
-PREDICTION_COLUMNS = [*PAPER_COLUMNS, "video_p0", "video_p1", "video_p2", "video_p3", "video_pred", "fold"]
+POSTHOC_COLUMNS = {model: [*(f"{model}_cal_p{k}" for k in range(4)), f"{model}_set"] for model in ("head", "logreg", "video")}
+PREDICTION_COLUMNS = [*PAPER_COLUMNS, "video_p0", "video_p1", "video_p2", "video_p3", "video_pred",
+                      *POSTHOC_COLUMNS["head"], *POSTHOC_COLUMNS["logreg"], *POSTHOC_COLUMNS["video"], "fold"]
 MODEL_KEYS = {"backbone", "fold", "extraction", "weights_source", "feature_dim", "classes", "train_patients",
               "lusfeat_version", "models", "primary", "files"}
 
@@ -186,10 +188,11 @@ def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path,
     folder = paper / "mobilenet" / "fold1"
     assert not (folder / "video.joblib").exists()
     predictions = pd.read_csv(folder / "predictions.csv")
-    assert list(predictions.columns) == [*PAPER_COLUMNS, "fold"]
+    paper_columns = [*PAPER_COLUMNS, *POSTHOC_COLUMNS["head"], *POSTHOC_COLUMNS["logreg"], "fold"]
+    assert list(predictions.columns) == paper_columns
     # adding the video model changes nothing of the head's or the regression's numbers
     default = pd.read_csv(full_run / "mobilenet" / "fold1" / "predictions.csv")
-    pd.testing.assert_frame_equal(predictions, default[[*PAPER_COLUMNS, "fold"]])
+    pd.testing.assert_frame_equal(predictions, default[paper_columns])
     metrics = json.loads((paper / "mobilenet" / "pooled" / "metrics.json").read_text())
     assert metrics["models"] == ["head", "logreg"] and metrics["primary"] == "head" and "video" not in metrics
     assert json.loads((folder / "model.json").read_text())["primary"] == "head"
@@ -216,3 +219,66 @@ def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_
     assert {p.name for p in (tmp_path / "run").iterdir() if p.is_dir()} == {"mobilenet"}
     assert main(["--fold", "1", "--features", "features/xception-middle.h5", "--out", "run2"]) == 1
     assert "activation maps (extract --tap), not pooled features" in capsys.readouterr().err
+
+
+def test_calibration_and_sets_are_learned_on_training_patients_only(full_run: Path):
+    from lusfeat.models.conformal import parse_set
+
+    for fold in (1, 2, 3):
+        folder = full_run / "mobilenet" / f"fold{fold}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        model = json.loads((folder / "model.json").read_text())
+        predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str, "video_id": str})
+        for name in ("video", "head", "logreg"):
+            calibration = metrics[name]["calibration"]
+            assert calibration["temperature"] > 0 and calibration["link"] == ("cumulative" if name == "video" else "softmax")
+            # the inner split that made the calibration rows holds training patients only
+            assert calibration["inner_patients"] == metrics["train_patients"]
+            assert set(calibration["inner_patients"]).isdisjoint(metrics["test_patients"])
+            assert model["calibration"][name]["temperature"] == calibration["temperature"]
+            assert len(model["conformal"][name]["scores"]) == model["conformal"][name]["n_calibration"]
+            # a temperature never changes a score: same QWK before and after
+            assert metrics[name]["calibrated"]["qwk"] == metrics[name]["qwk"]
+            for key in ("brier", "ece", "ece_bins"):
+                assert key in metrics[name] and key in metrics[name]["calibrated"]
+            calibrated = predictions[[f"{name}_cal_p{k}" for k in range(4)]].to_numpy()
+            np.testing.assert_allclose(calibrated.sum(axis=1), 1.0, atol=1e-9)
+            sets = np.array([parse_set(text) for text in predictions[f"{name}_set"]])
+            assert sets.any(axis=1).all()
+            assert (predictions.groupby(["patient_id", "video_id"])[f"{name}_set"].nunique() == 1).all()
+            video_sets = metrics[name]["sets"]["video"]
+            assert video_sets["n"] == metrics[name]["video"]["n"] and 1 <= video_sets["mean_set_size"] <= 4
+        assert metrics["coverage"] == metrics["video"]["sets"]["video"]["coverage"]
+        assert metrics["target_coverage"] == 0.9
+    pooled = json.loads((full_run / "mobilenet" / "pooled" / "metrics.json").read_text())
+    assert {"coverage", "mean_set_size", "target_coverage"} <= set(pooled)
+    assert pooled["video"]["sets"]["video"]["n"] == pooled["video"]["video"]["n"]
+    assert len(pooled["video"]["calibration"]["temperature_per_fold"]) == 3
+
+
+def test_final_model_is_trained_on_every_patient_and_says_it_has_no_test(full_run: Path, six_patient_features: Path,
+                                                                         tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    assert main(["--final", "--features", str(six_patient_features), "--out", str(run)]) == 0
+    assert "no held-out test" in capsys.readouterr().out
+    folder = run / "mobilenet" / "final"
+    assert {p.name for p in folder.iterdir()} == {"metrics.json", "head.keras", "logreg.joblib", "video.joblib",
+                                                  "model.json"}
+    model = json.loads((folder / "model.json").read_text())
+    assert model["fold"] == "final" and sorted(model["train_patients"], key=int) == ["1", "4", "6", "7", "8", "9"]
+    assert MODEL_KEYS <= set(model) and set(model["calibration"]) == set(model["conformal"]) == {"video", "head", "logreg"}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["held_out_test"] is False and "no test score" in metrics["note"]
+    assert metrics["expected_performance_from"].endswith("pooled/metrics.json")
+    assert metrics["pooled_held_out"]["params_match"] is True
+    assert metrics["video"]["C"] in (0.001, 0.01, 0.1)
+    # without --fold, no folds.csv is needed and the summary is left alone
+    fresh = tmp_path / "fresh"
+    assert main(["--final", "--features", str(six_patient_features), "--out", str(fresh)]) == 0
+    assert not (fresh / "folds.csv").exists() and (fresh / "mobilenet" / "final" / "model.json").is_file()
+    assert any("not found" in text for text in json.loads((fresh / "mobilenet" / "final" / "metrics.json").read_text())["warnings"])
+    assert main(["--features", str(six_patient_features), "--out", str(fresh)]) == 1
+    assert "--final" in capsys.readouterr().err
+    assert main(["--final", "--coverage", "1.5", "--features", str(six_patient_features), "--out", str(fresh)]) == 1
+    assert "--coverage 1.5" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Score new lung-ultrasound data with a saved model: frame, video, region and global scores.
 
-    python -m lusfeat.predict --model RUN/<backbone>/fold<k> INPUT [--data-root DIR] [--scorer video|head|logreg]
-        [--weights imagenet|none|FILE|DIR] [--frame-step K] [--rule mode|mean_proba] [--out DIR]
+    python -m lusfeat.predict --model RUN/<backbone>/final|fold<k> INPUT [--data-root DIR] [--scorer video|head|logreg]
+        [--weights imagenet|none|FILE|DIR] [--frame-step K] [--rule mode|mean_proba] [--coverage 0.9] [--out DIR]
 
 INPUT is either
 
@@ -26,6 +26,14 @@ Writes to OUT: ``frames.csv`` (per frame, for every model of the folder: class p
 folder's primary model): ``videos.csv``, ``regions.csv``, ``patients.csv`` (global score with
 the number of regions scored) and ``predictions.json`` (all of it, nested per patient, with the
 model's identity). Where the input carries true scores, the agreement is reported too.
+
+For new patients use the final model (``lusfeat.fit --final``: trained on every patient); a fold
+model (``fold<k>``) was trained on two thirds of them. Where the folder has them (lusfeat.fit
+since calibration), probabilities are calibrated (``<model>_cal_p0..p3`` in ``frames.csv``; the
+``p0..p3`` of ``videos.csv`` and ``regions.csv``), and every video and region gets a **score set**
+(``score_set``, e.g. ``{1,2}``, and ``set_size``): the scores that, at the chosen ``--coverage``
+(default: the model's, 90%), hold the true score for that share of videos (measured on held-out
+patients; ``docs/uncertainty.md``). A wide set means the model cannot tell those scores apart.
 """
 
 from __future__ import annotations
@@ -47,16 +55,26 @@ from lusfeat.embed import embed_frames, plan_frames
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_json, write_text
 from lusfeat.manifest import read_input
-from lusfeat.runs import MODEL_FILES, check_compatible, load_saved_model, predictions_table, score_features
+from lusfeat.runs import (
+    MODEL_FILES,
+    apply_posthoc,
+    check_compatible,
+    load_saved_model,
+    predictions_table,
+    score_features,
+)
 from lusfeat.scores import CLASSES, UNLABELLED
 
 log = logging.getLogger("lusfeat.predict")
 
 
 def _scores(row: pd.Series) -> dict:
-    return {"score": int(row["pred"]), "probabilities": [round(float(row[f"p{k}"]), 6) for k in CLASSES],
-            "frames": int(row["frames"]), "frames_per_score": [int(row[f"n_pred{k}"]) for k in CLASSES],
-            "true_score": None if int(row["truth"]) == UNLABELLED else int(row["truth"])}
+    out = {"score": int(row["pred"]), "probabilities": [round(float(row[f"p{k}"]), 6) for k in CLASSES],
+           "frames": int(row["frames"]), "frames_per_score": [int(row[f"n_pred{k}"]) for k in CLASSES],
+           "true_score": None if int(row["truth"]) == UNLABELLED else int(row["truth"])}
+    if "score_set" in row.index:
+        out["score_set"] = [int(k) for k in str(row["score_set"]).strip("{}").split(",") if k]
+    return out
 
 
 def nested_result(videos: pd.DataFrame, regions: pd.DataFrame, patients: pd.DataFrame) -> list[dict]:
@@ -78,10 +96,12 @@ def nested_result(videos: pd.DataFrame, regions: pd.DataFrame, patients: pd.Data
 def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out: str | os.PathLike = "predictions",
             data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
             input_size: int | None = None, rule: str = "mode", scorer: str | None = None, batch_size: int = 32,
-            progress: bool = True) -> dict:
+            coverage: float | None = None, progress: bool = True) -> dict:
     """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict."""
     if rule not in RULES:
         raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
+    if coverage is not None and not 0 < coverage < 1:
+        raise LusfeatError(f"--coverage {coverage}: give a share between 0 and 1, e.g. 0.9")
     out = Path(out)
     model = load_saved_model(model_dir)
     scorer = model.primary if scorer is None else scorer
@@ -104,10 +124,12 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
              manifest["patient_id"].nunique())
     began = time.perf_counter()
     features = embed_frames(frames, model.extraction, source, batch_size=batch_size, progress=progress)
-    table = predictions_table(frames, *score_features(features, frames, model))
+    probabilities, predicted = score_features(features, frames, model)
+    table = predictions_table(frames, probabilities, predicted, None, *apply_posthoc(model, frames, probabilities, coverage))
     seconds = time.perf_counter() - began
-    videos = video_scores(table, scorer, rule)
-    regions = region_scores(table, scorer, rule)
+    view = scorer_view(table, scorer)
+    videos = video_scores(view, scorer, rule)
+    regions = region_scores(view, scorer, rule)
     patients = global_scores(regions)
     labelled = bool((table["score"] != UNLABELLED).any())
     result = {
@@ -116,6 +138,7 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
                   "weights": model.extraction.weights,
                   "input_size": model.extraction.input_size, "train_patients": len(model.info.get("train_patients", [])),
                   "lusfeat_version": model.info.get("lusfeat_version")},
+        "uncertainty": uncertainty_record(model, scorer, coverage),
         "input": str(Path(input_path).resolve()), "weights_source": source.description, "frame_step": step,
         "rule": rule, "frames": len(table), "seconds": round(seconds, 2),
         "agreement": agreement(regions, patients) if labelled else None,
@@ -130,10 +153,36 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     return result
 
 
+def scorer_view(table: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """The frame table with the scorer's calibrated probabilities (where it has them) in its ``_p`` columns."""
+    if f"{scorer}_cal_p0" not in table.columns:
+        return table
+    return table.assign(**{f"{scorer}_p{k}": table[f"{scorer}_cal_p{k}"] for k in CLASSES})
+
+
+def uncertainty_record(model, scorer: str, coverage: float | None) -> dict:
+    """What the probabilities and sets of ``predictions.json`` are, in words a reader can check."""
+    posthoc = model.posthoc.get(scorer)
+    if posthoc is None:
+        return {"calibrated": False, "score_sets": False,
+                "note": f"{model.folder} has no calibration for {scorer} (fitted before lusfeat had it): probabilities "
+                        "are the model's own, and there are no score sets; refit with lusfeat.fit"}
+    chosen = posthoc.conformal.coverage if coverage is None else coverage
+    return {"calibrated": True, "temperature": posthoc.calibrator.temperature_, "link": posthoc.calibrator.link,
+            "score_sets": True, "coverage": chosen, "method": posthoc.conformal.method,
+            "calibration_videos": posthoc.conformal.n_calibration_,
+            "note": (f"probabilities are calibrated (temperature {posthoc.calibrator.temperature_:.2f}); each video's "
+                     f"score_set holds its true score for about {chosen:.0%} of videos of new patients drawn like the "
+                     "training ones (conformal prediction, calibrated on training patients only). It is a promise "
+                     "on average over videos, not for each one; a region's set spans its videos' sets.")}
+
+
 def summary_lines(result: dict) -> list[str]:
     lines = []
     for patient in result["patients"]:
-        regions = ", ".join(f"{name} {entry['score']}" for name, entry in patient["regions"].items())
+        regions = ", ".join(f"{name} {entry['score']}" + (" " + "{" + ",".join(map(str, entry["score_set"])) + "}"
+                                                          if "score_set" in entry else "")
+                            for name, entry in patient["regions"].items())
         truth = "" if patient["true_global_score"] is None else f" (true {patient['true_global_score']})"
         lines.append(f"patient {patient['patient_id']}: global score {patient['global_score']}{truth} over "
                      f"{patient['regions_scored']} regions (0-{patient['global_max']}): {regions}")
@@ -141,6 +190,8 @@ def summary_lines(result: dict) -> list[str]:
         a = result["agreement"]
         lines.append(f"agreement: region accuracy {a['region_accuracy']:.3f} over {a['regions']} regions, "
                      f"global MAE {a['global_mae']:.2f} over {a['patients']} patient(s)")
+    if result.get("uncertainty", {}).get("score_sets"):
+        lines.append(f"{{...}}: score sets at {result['uncertainty']['coverage']:.0%} coverage (see predictions.json)")
     return lines
 
 
@@ -149,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:4]))
     parser.add_argument("input", help="a manifest CSV, or a folder of one patient's files named by region (or of patient folders)")
-    parser.add_argument("--model", required=True, help="a lusfeat.fit model folder: RUN/<backbone>/fold<k>")
+    parser.add_argument("--model", required=True, help="a lusfeat.fit model folder: RUN/<backbone>/final (fit --final: "
+                        "trained on all patients, recommended for new patients) or RUN/<backbone>/fold<k>")
+    parser.add_argument("--coverage", type=float, default=None, help="score sets hold the true score for this share "
+                        "of videos (default: the model's, 0.9 unless fit --coverage said otherwise)")
     parser.add_argument("--data-root", default=None, help="folder a manifest's paths are relative to "
                         "(default: $LUSFEAT_DATA_ROOT, else the manifest's folder)")
     parser.add_argument("--weights", default="imagenet", help="backbone weights, as for lusfeat.extract; must be "
@@ -170,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = predict(args.model, args.input, out=args.out, data_root=args.data_root, weights=args.weights,
                          frame_step=args.frame_step, input_size=args.input_size, rule=args.rule, scorer=args.scorer,
-                         batch_size=args.batch_size, progress=not args.no_progress)
+                         batch_size=args.batch_size, coverage=args.coverage, progress=not args.no_progress)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -452,7 +452,7 @@ def pooled_metrics(backbone: str, fold_records: list[dict[str, Any]], prediction
             "per_fold": {key: [entry[key] for entry in per_fold]
                          for key in ("accuracy", "macro_f1", "qwk", "roc_auc_macro", "mae", "fit_seconds")},
         }
-        if f"{model}_cal_p0" in predictions.columns and f"{model}_set" in predictions.columns:
+        if f"{model}_cal_p0" in predictions.columns and predictions[f"{model}_cal_p0"].notna().all():
             record[model].update(posthoc_metrics(frames, predictions, model, params.coverage))
             record[model]["calibration"] = {"temperature_per_fold": [entry.get("calibration", {}).get("temperature")
                                                                      for entry in per_fold]}

@@ -214,6 +214,22 @@ def build_feature_extractor(spec: BackboneSpec, source: WeightsSource, input_siz
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")
 
 
+def build_map_extractor(spec: BackboneSpec, source: WeightsSource, input_size: int | None = None):
+    """Frozen ``uint8 RGB image -> float32 last convolutional maps (h, w, feature_dim)``, preprocessing inside.
+
+    :func:`build_feature_extractor` without its global average pooling: the average of these maps
+    over ``h, w`` is the pooled feature (float32 only; heat maps, ``lusfeat.heatmaps``).
+    """
+    import keras
+
+    base, size = _checked_base(spec, source, input_size, "float32")
+    base.trainable = False
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="rgb")
+    x = keras.layers.Lambda(lambda t: spec.preprocess()(keras.ops.cast(t, "float32")), name="preprocess")(inputs)
+    outputs = base(x, training=False)
+    return keras.Model(inputs, outputs, name=f"{spec.name}_maps")
+
+
 def tap_tensor(base, tap: TapSpec):
     """The symbolic tensor of ``tap`` in a built ``keras.applications`` model: its layer's one input."""
     try:

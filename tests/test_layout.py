@@ -8,7 +8,7 @@ from pathlib import Path
 import lusfeat
 
 PACKAGE = Path(lusfeat.__file__).parent
-COMMANDS = {"lusfeat.extract", "lusfeat.fit", "lusfeat.predict", "lusfeat.report"}
+COMMANDS = {"lusfeat.extract", "lusfeat.fit", "lusfeat.predict", "lusfeat.report", "lusfeat.explain"}
 LAUNCHER = "lusfeat.__main__"  # `python -m lusfeat run`: calls the commands in turn
 
 

@@ -83,3 +83,17 @@ def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_di
         assert positive(entry[run]["peak_rss_mb"])
     assert entry["extraction_4n"]["frames"] > entry["extraction_n"]["frames"]
     assert 0 < entry["bfloat16"]["cosine_mean"] <= 1 + 1e-6
+
+
+def test_calibration_benchmark_tabulates_a_real_run(tiny_fit_run: Path, tmp_path: Path, capsys) -> None:
+    from benchmarks import calibration
+
+    out = tmp_path / "calibration.json"
+    assert calibration.main(["--runs", str(tiny_fit_run), "--backbone", "mobilenet", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "calibration" and len(record["per_seed"]) == 1
+    video = record["per_seed"][0]["models"]["video"]
+    assert video["target_coverage"] == 0.9 and 0 <= video["video_coverage"] <= 1
+    assert 1 <= video["video_mean_set_size"] <= 4 and record["ece_bins"]["videos"] >= 1
+    assert "video coverage" in capsys.readouterr().out
+    assert calibration.main(["--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1

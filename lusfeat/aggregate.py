@@ -98,7 +98,8 @@ def _group_scores(predictions: pd.DataFrame, prefix: str, keys: list[str], rule:
         row["pred"] = pred
         row["agree"] = bool(pred == true) if true != UNLABELLED else None
         row["frame_accuracy"] = float((predicted == truth)[truth != UNLABELLED].mean()) if (truth != UNLABELLED).any() else math.nan
-        if f"{prefix}_set" in frames.columns and frames[f"{prefix}_set"].notna().all():
+        sets = frames[f"{prefix}_set"] if f"{prefix}_set" in frames.columns else None
+        if sets is not None and sets.notna().all() and (sets.astype(str) != "").all():  # a fold without sets: none
             row["score_set"] = hull_set(frames[f"{prefix}_set"])
             row["set_size"] = row["score_set"].count(",") + 1
             row["in_set"] = bool(str(true) in row["score_set"].strip("{}").split(",")) if true != UNLABELLED else None

@@ -164,3 +164,35 @@ def global_scatter_figure(aggregates: Sequence[Aggregate]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     return figure
+
+
+def reliability_figure(predictions: pd.DataFrame, prefixes: Sequence[str], n_bins: int = 10) -> Figure:
+    """Reliability diagram per model, per video (one row each: its mean frame probabilities), before and after calibration.
+
+    Top-label: the probability of the most probable score against how often that score is the
+    true one, over ``n_bins`` equal-mass bins (scikit-learn's ``CalibrationDisplay``, strategy
+    "quantile"). Models without ``<prefix>_cal_p*`` columns show the uncalibrated curve only.
+    """
+    from sklearn.calibration import CalibrationDisplay
+
+    from lusfeat.metrics import video_probabilities
+
+    labelled = _labelled(predictions)
+    figure, axes = _panels(len(prefixes))
+    for axis, prefix in zip(axes, prefixes, strict=True):
+        curves = [("before", proba_columns(prefix))]
+        calibrated = [f"{prefix}_cal_p{k}" for k in CLASSES]
+        if all(column in labelled.columns for column in calibrated):
+            values = pd.to_numeric(labelled[calibrated[0]], errors="coerce")
+            if values.notna().all():
+                curves.append(("after", calibrated))
+        for name, columns in curves:
+            videos, proba = video_probabilities(labelled, labelled[columns].to_numpy(dtype=float))
+            chosen = len(CLASSES) - 1 - np.argmax(proba[:, ::-1], axis=1)
+            correct = (chosen == videos["score"].to_numpy()).astype(int)
+            CalibrationDisplay.from_predictions(correct, proba.max(axis=1), n_bins=min(n_bins, len(correct)),
+                                                strategy="quantile", ax=axis, name=name)
+        axis.set_title(f"{model_label(prefix)} (videos)")
+        axis.set_xlabel("probability of the most probable score")
+        axis.set_ylabel("share where it is the true score")
+    return figure

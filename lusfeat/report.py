@@ -7,7 +7,11 @@ metrics.json, model.json}`` and ``<backbone>/pooled/`` (made from the folds when
 writes ``RUN_DIR/report.html`` (figures embedded as base64 PNG: it opens offline, and can be
 mailed as one file) and ``RUN_DIR/summary.md``. Per backbone and per fold (and pooled): the
 frame metric table, ROC curves, confusion matrices, accuracy per region, region and global
-score agreement, and the per-patient tables of the paper's Fig. 4 with agreement coloured.
+score agreement, and the per-patient tables of the paper's Fig. 4 with agreement coloured;
+calibration (Brier score, ECE before and after, reliability diagrams) and the conformal score
+sets (coverage and size per video and region; each region's set in the patient tables), and
+whether a final model (``fit --final``) exists. Heat maps are not drawn here (they need the
+videos and the backbone): ``python -m lusfeat.explain`` makes them.
 """
 
 from __future__ import annotations
@@ -241,12 +245,52 @@ def _metrics_html(section: Section) -> str:
     return _table(header, [[_esc(p)] + v for p, v in metric_rows(section)])
 
 
+def _uncertainty_html(section: Section) -> str:
+    """Per model: Brier score and ECE before and after calibration, its temperature, and the score sets' coverage."""
+    rows = []
+    for prefix in section.prefixes:
+        block = (section.metrics or {}).get(prefix) or {}
+        after, sets = block.get("calibrated"), block.get("sets")
+        if not after or not sets:
+            continue
+        calibration = block.get("calibration") or {}
+        temperature = calibration.get("temperature", calibration.get("temperature_per_fold"))
+        if isinstance(temperature, list):
+            temperature = " / ".join(_fmt(t, 2) for t in temperature)
+        video, region = sets["video"], sets["region"]
+        rows.append([_esc(prefix), _fmt(block["video"].get("brier")), _fmt(after["video"].get("brier")),
+                     _fmt(block["video"].get("ece")), _fmt(after["video"].get("ece")), _fmt(block.get("ece")),
+                     _fmt(after.get("ece")), _esc(_fmt(temperature, 2) if not isinstance(temperature, str) else temperature),
+                     _fmt(after["video"].get("qwk")), _fmt(sets["target_coverage"], 2), _fmt(video["coverage"]),
+                     _fmt(video["mean_set_size"], 2), _fmt(region["coverage"]), _fmt(region["mean_set_size"], 2)])
+    if not rows:
+        return '<p class="note">No calibration or score sets in metrics.json (fitted before lusfeat had them).</p>'
+    bins = ((section.metrics or {}).get(section.prefixes[0]) or {}).get("video", {}).get("ece_bins", "?")
+    header = ["model", "Brier videos", "after", "ECE videos", "after", "ECE frames", "after", "temperature",
+              "QWK videos after", "target", "coverage videos", "mean set videos", "coverage regions", "mean set regions"]
+    return (_table(header, rows) + '<p class="note">Brier: multiclass (0 best, 2 worst). ECE: top-label expected '
+            f"calibration error over equal-mass bins (videos: {bins} bins; frames: 10). After = one temperature "
+            "learned on inner folds of the training patients only; it never changes a score (QWK unchanged for the "
+            "frame scores and the video model). Coverage: share of test videos (regions) whose score set holds the "
+            "true score; the sets were calibrated on training patients only. A region's set spans its videos' sets.</p>")
+
+
+def _final_html(run: Run, backbone: str) -> str:
+    final = _read_json(run.path / backbone / "final" / "metrics.json")
+    if not final:
+        return ('<p class="note">No final model: <code>python -m lusfeat.fit --final</code> trains every model on '
+                "all patients, the model to score new patients with.</p>")
+    return (f'<div class="box"><b>Final model</b>: {_esc(run.path / backbone / "final")}, trained on all '
+            f"{len(final.get('train_patients', []))} patients. {_esc(final.get('note', ''))}</div>")
+
+
 def _figures_html(section: Section) -> str:
     from lusfeat.figures import (
         confusion_figure,
         global_scatter_figure,
         region_accuracy_figure,
         region_confusion_figure,
+        reliability_figure,
         roc_figure,
     )
 
@@ -258,6 +302,7 @@ def _figures_html(section: Section) -> str:
         ("Accuracy per region (frames)", region_accuracy_figure(section.predictions, p)),
         ("Region scores: truth vs predicted", region_confusion_figure(aggs)),
         ("Global score per patient: predicted vs truth", global_scatter_figure(aggs)),
+        ("Reliability per video, before and after calibration", reliability_figure(section.predictions, p)),
     ]
     cells = "".join(f"<figure><figcaption>{_esc(caption)}</figcaption>{_img(figure, f'{caption}, {title}')}</figure>"
                     for caption, figure in figures)
@@ -292,8 +337,8 @@ def _patient_card(section: Section, patient: str) -> str:
     first = tables[section.aggregates[0].prefix]
     regions = natural_sorted(first.index)
     header = ["region", "frames", "truth"]
-    for prefix in tables:
-        header += [f"{prefix} n 0/1/2/3", prefix]
+    for prefix, table in tables.items():
+        header += [f"{prefix} n 0/1/2/3", prefix] + ([f"{prefix} set"] if _has_sets(table) else [])
     rows = []
     for region in regions:
         truth = int(first.loc[region, "truth"])
@@ -301,16 +346,24 @@ def _patient_card(section: Section, patient: str) -> str:
         for table in tables.values():
             counts = "/".join(str(int(table.loc[region, f"n_pred{k}"])) for k in CLASSES)
             row += [counts, _score_cell(table.loc[region, "pred"], truth)]
+            if _has_sets(table):
+                held = table.loc[region, "in_set"]
+                kind = "na" if held is None or held != held else ("ok" if held else "bad")
+                row.append(f'<td class="{kind}">{_esc(table.loc[region, "score_set"])}</td>')
         rows.append(row)
     labelled = (first["truth"] != UNLABELLED).all()
     true_global = int(first["truth"].sum()) if labelled else None
     total = ["<b>global</b>", str(int(first["frames"].sum())), "-" if true_global is None else f"<b>{true_global}</b>"]
     for table in tables.values():
-        total += ["", _score_cell(int(table["pred"].sum()), true_global, near=2)]
+        total += ["", _score_cell(int(table["pred"].sum()), true_global, near=2)] + ([""] if _has_sets(table) else [])
     rows.append(total)
     group = section.predictions.loc[section.predictions["patient_id"] == patient, "group"].iloc[0] if "group" in section.predictions else ""
     title = f"Patient {patient}" + (f" ({group})" if group else "") + f": {len(regions)} regions, global 0-{3 * len(regions)}"
     return f'<div class="card"><h4>{_esc(title)}</h4>{_table(header, rows)}</div>'
+
+
+def _has_sets(table: pd.DataFrame) -> bool:
+    return "score_set" in table.columns and table["score_set"].notna().all()
 
 
 def _agreement_text(section: Section) -> str:
@@ -422,7 +475,7 @@ def build_html(run: Run, rule: str) -> str:
               "region and global numbers computed here from predictions.csv by the aggregation rule above. "
               "QWK = quadratic-weighted Cohen's kappa; AUC = mean one-vs-rest ROC-AUC over the scores present.</p>"]
     for backbone, sections in run.sections.items():
-        parts.append(f"<h2>{_esc(backbone)}</h2>")
+        parts += [f"<h2>{_esc(backbone)}</h2>", _final_html(run, backbone)]
         for section in sections:
             patients = natural_sorted(section.predictions["patient_id"].unique())
             parts.append(f'<h3 id="{section.anchor}">{_esc(backbone)}: {_esc(section.name)} '
@@ -433,7 +486,8 @@ def build_html(run: Run, rule: str) -> str:
             if warnings:
                 parts.append('<p class="note"><b>Warnings from fit</b>: ' + _esc("; ".join(map(str, warnings))) + "</p>")
             parts += ["<h4>Metrics</h4>", _metrics_html(section), "<h4>Region and global agreement</h4>",
-                      _agreement_text(section), _figures_html(section)]
+                      _agreement_text(section), "<h4>Calibration and score sets</h4>", _uncertainty_html(section),
+                      _figures_html(section)]
             if section.name == "pooled":
                 parts += ["<h4>Per-patient global scores (every patient, tested in its own fold)</h4>", _patient_summary_html(section)]
             else:
@@ -441,7 +495,8 @@ def build_html(run: Run, rule: str) -> str:
                           "region and global scores)</h4>",
                           '<p class="note">Per region: its frames, its true score, then for each model the number of '
                           "frames it scored 0/1/2/3 and the region score it gives (their most frequent score, or by "
-                          "the rule above); the last row sums the regions into the global score.</p>",
+                          "the rule above), and its score set where it has one (green: holds the true score); the "
+                          "last row sums the regions into the global score.</p>",
                           '<div class="cards">' + "".join(_patient_card(section, p) for p in patients) + "</div>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>lusfeat report {_esc(run.path.resolve().name)}</title><style>{CSS}</style></head><body>"

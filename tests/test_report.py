@@ -34,9 +34,9 @@ def test_report_has_every_section_figure_and_patient_table(synthetic_run: Path, 
         assert heading in html, heading
     assert "patient-level cross-validation, 3 folds" in html
     assert "no test patient is among its fold&#x27;s training patients" in html
-    # 5 figures for each of 3 folds + pooled, all real PNGs, nothing fetched from the network
+    # 6 figures for each of 3 folds + pooled, all real PNGs, nothing fetched from the network
     images = embedded_pngs(html)
-    assert len(images) == 20 and all(image.startswith(PNG_SIGNATURE) for image in images)
+    assert len(images) == 24 and all(image.startswith(PNG_SIGNATURE) for image in images)
     assert not re.search(r'(src|href)="(https?:)?//', html)
     # one Fig. 4 card per test patient, each with its 6 regions and a global row
     cards = re.findall(r'<div class="card"><h4>Patient (\d+) .*?</table></div>', html)
@@ -97,7 +97,7 @@ def test_bad_run_folder_is_a_clear_error(tmp_path: Path, make: str, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
-def check_report_of_a_fit_run(run: Path, patients: list[str], weights: str, out: Path, figures: int = 20) -> None:
+def check_report_of_a_fit_run(run: Path, patients: list[str], weights: str, out: Path, figures: int = 24) -> None:
     """``lusfeat.report`` of a run folder ``lusfeat.fit --fold all`` wrote (3 folds, one mobilenet backbone)."""
     assert main([str(run), "--out", str(out)]) == 0
     html = out.read_text()
@@ -127,3 +127,22 @@ def test_report_of_a_real_fit_run(tiny_fit_run: Path, tmp_path: Path, monkeypatc
     monkeypatch.setattr(report, "_figures_html", lambda section: "")
     check_report_of_a_fit_run(tiny_fit_run, ["3", "4", "6"], "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf",
                               tmp_path / "report.html", figures=0)
+
+
+def test_report_shows_calibration_score_sets_and_the_final_model(tiny_study_run: Path, tmp_path: Path):
+    import shutil
+
+    from lusfeat.fit import main as fit
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_study_run, run)
+    html = main([str(run)]) == 0 and (run / "report.html").read_text()
+    assert "Calibration and score sets" in html and "Reliability per video, before and after calibration" in html
+    assert "equal-mass bins" in html and "coverage videos" in html
+    assert "video set" in html and re.search(r'<td class="(ok|bad)">\{[0-3](,[0-3])*\}</td>', html)
+    assert "No final model" in html
+    assert fit(["--final", "--features", str(tiny_study_run.parent / "features" / "mobilenet.h5"), "--out", str(run)]) == 0
+    assert main([str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "<b>Final model</b>" in html
+    assert "no patient is held out" in html

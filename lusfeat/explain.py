@@ -31,7 +31,14 @@ from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.heatmaps import explain_video, write_overlay
 from lusfeat.manifest import read_input
-from lusfeat.runs import MODEL_FILES, check_compatible, frame_table, load_saved_model, score_features
+from lusfeat.runs import (
+    MODEL_FILES,
+    apply_posthoc,
+    check_compatible,
+    load_saved_model,
+    predictions_table,
+    score_features,
+)
 from lusfeat.scores import UNLABELLED
 
 log = logging.getLogger("lusfeat.explain")
@@ -85,13 +92,14 @@ def explain(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
             chosen = [index for index in frames if index in indices]
             if not chosen:
                 raise LusfeatError(f"{table['path'].iloc[0]}: none of --frames {','.join(map(str, frames))} is a frame "
-                                   f"the model scores (every {step}th: {', '.join(map(str, indices[:8]))}"
+                                   f"the model scores (every {step}th frame: {', '.join(map(str, indices[:8]))}"
                                    f"{', ...' if len(indices) > 8 else ''}); pick from those")
         log.info("patient %s, video %s: %d frames through %s, maps of %d", patient, video, len(table), spec.name,
                  len(chosen))
         maps, features, value = explain_video(extractor, model.models[scorer], scorer, table,
                                               model.extraction.input_size, chosen)
-        scored = frame_table(table, score_features(features, table, model), model)
+        probabilities, predicted = score_features(features, table, model)
+        scored = predictions_table(table, probabilities, predicted, None, *apply_posthoc(model, table, probabilities))
         for frame_map in maps:
             row = scored[scored["frame_index"] == frame_map.frame_index].iloc[0]
             score_set = row.get(f"{scorer}_set", "")

@@ -85,11 +85,11 @@ def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_di
     assert 0 < entry["bfloat16"]["cosine_mean"] <= 1 + 1e-6
 
 
-def test_calibration_benchmark_tabulates_a_real_run(tiny_fit_run: Path, tmp_path: Path, capsys) -> None:
+def test_calibration_benchmark_tabulates_a_fit_run(synthetic_fit_run: Path, tmp_path: Path, capsys) -> None:
     from benchmarks import calibration
 
     out = tmp_path / "calibration.json"
-    assert calibration.main(["--runs", str(tiny_fit_run), "--backbone", "mobilenet", "--out", str(out)]) == 0
+    assert calibration.main(["--runs", str(synthetic_fit_run), "--backbone", "mobilenet", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["benchmark"] == "calibration" and len(record["per_seed"]) == 1
     video = record["per_seed"][0]["models"]["video"]

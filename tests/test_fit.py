@@ -256,17 +256,17 @@ def test_calibration_and_sets_are_learned_on_training_patients_only(full_run: Pa
     assert len(pooled["video"]["calibration"]["temperature_per_fold"]) == 3
 
 
-def test_final_model_is_trained_on_every_patient_and_says_it_has_no_test(full_run: Path, six_patient_features: Path,
+def test_final_model_is_trained_on_every_patient_and_says_it_has_no_test(full_run: Path, synthetic_features: Path,
                                                                          tmp_path: Path, capsys):
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
-    assert main(["--final", "--features", str(six_patient_features), "--out", str(run)]) == 0
+    assert main(["--final", "--features", str(synthetic_features), "--out", str(run)]) == 0
     assert "no held-out test" in capsys.readouterr().out
     folder = run / "mobilenet" / "final"
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "head.keras", "logreg.joblib", "video.joblib",
                                                   "model.json"}
     model = json.loads((folder / "model.json").read_text())
-    assert model["fold"] == "final" and sorted(model["train_patients"], key=int) == ["1", "4", "6", "7", "8", "9"]
+    assert model["fold"] == "final" and sorted(model["train_patients"], key=int) == ["1", "2", "3", "4", "5", "6"]
     assert MODEL_KEYS <= set(model) and set(model["calibration"]) == set(model["conformal"]) == {"video", "head", "logreg"}
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["held_out_test"] is False and "no test score" in metrics["note"]
@@ -275,10 +275,10 @@ def test_final_model_is_trained_on_every_patient_and_says_it_has_no_test(full_ru
     assert metrics["video"]["C"] in (0.001, 0.01, 0.1)
     # without --fold, no folds.csv is needed and the summary is left alone
     fresh = tmp_path / "fresh"
-    assert main(["--final", "--features", str(six_patient_features), "--out", str(fresh)]) == 0
+    assert main(["--final", "--features", str(synthetic_features), "--out", str(fresh)]) == 0
     assert not (fresh / "folds.csv").exists() and (fresh / "mobilenet" / "final" / "model.json").is_file()
     assert any("not found" in text for text in json.loads((fresh / "mobilenet" / "final" / "metrics.json").read_text())["warnings"])
-    assert main(["--features", str(six_patient_features), "--out", str(fresh)]) == 1
+    assert main(["--features", str(synthetic_features), "--out", str(fresh)]) == 1
     assert "--final" in capsys.readouterr().err
-    assert main(["--final", "--coverage", "1.5", "--features", str(six_patient_features), "--out", str(fresh)]) == 1
+    assert main(["--final", "--coverage", "1.5", "--features", str(synthetic_features), "--out", str(fresh)]) == 1
     assert "--coverage 1.5" in capsys.readouterr().err

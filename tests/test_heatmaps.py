@@ -84,23 +84,24 @@ def test_maps_of_a_randomised_backbone_differ_from_the_trained_ones(fold_model, 
     assert np.median(np.abs(similarities)) < RANDOMISED_SPEARMAN_MAX
 
 
-def test_explain_writes_a_png_per_chosen_frame(fold_model, data_root, weights_dir, blues_manifest, tmp_path, capsys):
+def test_explain_writes_a_png_per_chosen_frame(tiny_study_run, tiny_study, tmp_path, capsys):
     from lusfeat.explain import main
 
-    manifest = tmp_path / "new.csv"
-    blues_manifest[blues_manifest["video_id"].isin(["patient_9_L1", "patient_9_R2"])].to_csv(manifest, index=False)
-    common = ["--model", str(fold_model), str(manifest), "--data-root", str(data_root), "--weights", str(weights_dir)]
+    model = tiny_study_run / "mobilenet" / "fold1"
+    common = ["--model", str(model), str(tiny_study["held_out"]), "--data-root", str(tiny_study["root"]),
+              "--weights", str(tiny_study["weights"])]
     assert main([*common, "--per-video", "2", "--out", str(tmp_path / "maps")]) == 0
     table = pd.read_csv(tmp_path / "maps" / "heatmaps.csv", dtype={"patient_id": str})
-    assert len(table) == 4 and set(table["video_id"]) == {"patient_9_L1", "patient_9_R2"}
+    assert len(table) == 4 and set(table["video_id"]) == {"patient_7_L1", "patient_7_R2"}
     assert (table["model"] == "video").all() and table["score_set"].str.startswith("{").all()
+    assert sorted(table["frame_index"].unique()) == [0, 6]  # the first and last of the pooled frames 0, 2, 4, 6
     for png in table["png"]:
         assert (tmp_path / "maps" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one target per video: the video's latent, whichever frame is drawn
     assert (table.groupby("video_id")["target"].nunique() == 1).all()
-    assert main([*common, "--frames", "0,30", "--scorer", "head", "--out", str(tmp_path / "head")]) == 0
-    assert sorted(pd.read_csv(tmp_path / "head" / "heatmaps.csv")["frame_index"].unique()) == [0, 30]
-    assert main([*common, "--frames", "7", "--out", str(tmp_path / "bad")]) == 1
+    assert main([*common, "--frames", "0,2", "--scorer", "head", "--out", str(tmp_path / "head")]) == 0
+    assert sorted(pd.read_csv(tmp_path / "head" / "heatmaps.csv")["frame_index"].unique()) == [0, 2]
+    assert main([*common, "--frames", "3", "--out", str(tmp_path / "bad")]) == 1
     error = capsys.readouterr().err
-    assert "patient_9_L1" in error and "every 30th" in error
-    assert json.loads((fold_model / "model.json").read_text())["extraction"]["frame_step"] == 30
+    assert "patient_7_L1" in error and "every 2th frame" in error
+    assert json.loads((model / "model.json").read_text())["extraction"]["frame_step"] == 2

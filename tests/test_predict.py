@@ -246,19 +246,16 @@ def test_a_folder_that_fails_leaves_out_untouched(tiny_model, tiny_study, tmp_pa
     assert not out.exists()
 
 
-def test_the_final_model_scores_with_calibrated_probabilities_and_score_sets(tiny_fit_run, data_root, weights_dir,
-                                                                             blues_manifest, tmp_path, capsys):
+def test_the_final_model_scores_with_calibrated_probabilities_and_score_sets(tiny_study_run, held_out, tmp_path,
+                                                                             capsys):
     from lusfeat.fit import main as fit
 
     run = tmp_path / "run"
-    features = tiny_fit_run.parent / "features" / "mobilenet.h5"
+    features = tiny_study_run.parent / "features" / "mobilenet.h5"
     assert fit(["--final", "--features", str(features), "--out", str(run)]) == 0
     final = run / "mobilenet" / "final"
-    assert set(json.loads((final / "model.json").read_text())["train_patients"]).isdisjoint({"9"})
-    manifest = tmp_path / "new.csv"
-    blues_manifest[blues_manifest["video_id"].isin(TEST_VIDEOS)].to_csv(manifest, index=False)
-    common = ["--model", str(final), str(manifest), "--data-root", str(data_root), "--weights", str(weights_dir),
-              "--no-progress"]
+    assert set(json.loads((final / "model.json").read_text())["train_patients"]) == {"1", "2", "3", "4", "5", "6"}
+    common = ["--model", str(final), *held_out, "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "out")]) == 0
     assert "score sets at 90% coverage" in capsys.readouterr().out
     out = tmp_path / "out"
@@ -268,7 +265,7 @@ def test_the_final_model_scores_with_calibrated_probabilities_and_score_sets(tin
     for table in (videos, regions):
         assert {"score_set", "set_size"} <= set(table.columns)
         assert table["score_set"].str.match(r"^\{[0-3](,[0-3])*\}$").all()
-    # videos.csv carries the video model's calibrated probabilities
+    # videos.csv carries the video model's calibrated probabilities and its set
     for video in videos.itertuples():
         mine = frames[frames["video_id"] == video.video_id]
         assert video.p0 == pytest.approx(mine["video_cal_p0"].mean())
@@ -277,7 +274,7 @@ def test_the_final_model_scores_with_calibrated_probabilities_and_score_sets(tin
     assert result["model"]["fold"] == "final" and result["uncertainty"]["coverage"] == 0.9
     assert result["uncertainty"]["calibrated"] and "on average over videos" in result["uncertainty"]["note"]
     l1 = result["patients"][0]["regions"]["L1"]
-    assert l1["score_set"] == l1["videos"]["patient_9_L1"]["score_set"]
+    assert l1["score_set"] == l1["videos"]["patient_7_L1"]["score_set"]
     # a lower coverage never widens a set
     assert main([*common, "--coverage", "0.5", "--out", str(tmp_path / "half")]) == 0
     half = pd.read_csv(tmp_path / "half" / "videos.csv", dtype={"patient_id": str})

@@ -2,7 +2,7 @@
 
     python -m lusfeat run [--manifest data_manifest.csv] [--backbone xception] [--frame-step 10]
         [--features features] [--runs runs] [--weights imagenet|FILE|DIR]
-    python -m lusfeat extract|fit|predict|report|manifest ARGS   (= python -m lusfeat.<command> ARGS)
+    python -m lusfeat extract|fit|predict|report|explain|manifest ARGS   (= python -m lusfeat.<command> ARGS)
 
 ``run`` is stage one, stage two over every fold, then the report, with the settings of the
 README's results: ``extract --backbone xception --frame-step 10``, ``fit --fold all``,
@@ -16,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("extract", "fit", "predict", "report", "manifest")
+COMMANDS = ("extract", "fit", "predict", "report", "explain", "manifest")
 
 
 def run(argv: list[str]) -> int:

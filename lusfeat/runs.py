@@ -43,7 +43,7 @@ from lusfeat import __version__
 from lusfeat.aggregate import region_scores, video_scores
 from lusfeat.errors import LusfeatError
 from lusfeat.files import replace_atomically, write_csv, write_json
-from lusfeat.folds import make_folds, patient_strata, split_frames
+from lusfeat.folds import assert_patients_disjoint, make_folds, patient_strata, split_frames
 from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
 from lusfeat.models.calibration import TemperatureScaling
 from lusfeat.models.conformal import ConformalScoreSets, format_set, parse_set
@@ -293,6 +293,9 @@ def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitPa
     train, test = split_frames(features.frames, folds, fold)
     frames = features.frames
     models, seconds, posthoc, notes = _fit_models(features, train, params, f"fold {fold}")
+    test_patients = frames["patient_id"].iloc[test].astype(str)
+    for fitted in posthoc.values():  # calibration rows come from training patients only: checked, not assumed
+        assert_patients_disjoint(fitted.record["inner_patients"], test_patients)
     X_test = features.features[0, test]
     test_frames = frames.iloc[test].reset_index(drop=True)
     probabilities, predicted, calibrated, sets = {}, {}, {}, {}

@@ -1,6 +1,7 @@
 """The stage-one engine: frames -> images -> backbone -> the HDF5 feature file, resumably.
 
-- :func:`plan_frames`: the per-frame table of a manifest (one row per frame to embed);
+- :func:`plan_frames` / :func:`plan_media`: the per-frame table of a manifest (one row per frame to
+  embed), each file's frames counted by decoding it, so a stream that ends early is planned as it decodes;
 - :func:`iter_images` / :func:`iter_blocks`: each file decoded once, frames resized and augmented,
   in blocks, in a background thread (:func:`prefetch`) that stays a bounded number of blocks
   ahead of the network, so memory is flat in the number of frames and the cores stay busy;
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
@@ -33,26 +35,71 @@ from lusfeat.backbones import (
     get_tap,
 )
 from lusfeat.errors import LusfeatError
-from lusfeat.frames import count_frames, frame_indices, iter_frames
+from lusfeat.frames import MediaInfo, frame_indices, iter_frames, media_info
 from lusfeat.store import CHUNK_FRAMES, ExtractionConfig, FeatureWriter
 
+log = logging.getLogger("lusfeat.embed")
 QUEUE_BLOCKS = 2  # blocks decoded ahead of the network: bounds memory
 PREDICT_BLOCK_FRAMES = 64  # frames decoded and embedded at a time by embed_frames: bounds memory
 
 
-def plan_frames(manifest: pd.DataFrame, frame_step: int = 1) -> pd.DataFrame:
-    """The per-frame table: one row per frame to extract, in manifest order, with its labels and file."""
-    rows = []
+@dataclass
+class FramePlan:
+    """What a manifest gives to embed: the frames, the files that decode short, the files that give none."""
+
+    frames: pd.DataFrame  # one row per frame, see plan_frames
+    warnings: list[str]  # one per file whose container announces more frames than decode
+    not_scored: pd.DataFrame  # manifest rows (path, patient_id, region, video_id) of files with no frame, and reason
+
+
+NOT_SCORED_COLUMNS = ["path", "patient_id", "region", "video_id", "reason"]
+FRAME_PLAN_COLUMNS = ["path", "frame_index", "patient_id", "region", "score", "video_id", "group", "file"]
+
+
+def short_stream_warning(path: str, info: MediaInfo) -> str:
+    return (f"{path}: its container announces {info.announced} frames but {info.frames} decode (the stream ends "
+            f"early); the {info.frames} that decode are used")
+
+
+def plan_media(manifest: pd.DataFrame, frame_step: int = 1, *, skip_unreadable: bool = False) -> FramePlan:
+    """The frames of a manifest, every file's frames counted by decoding them (:func:`lusfeat.frames.media_info`).
+
+    A file that decodes fewer frames than its container announces gives the frames that decode, and a
+    warning naming it and both counts. A file that gives no frame raises, or with ``skip_unreadable``
+    is listed in ``not_scored`` with the reason.
+    """
+    rows, warnings, skipped = [], [], []
     for record in manifest.itertuples(index=False):
-        n_frames = count_frames(record.file)
-        indices = frame_indices(n_frames, frame_step, record.frame)
+        try:
+            info = media_info(record.file)
+        except LusfeatError as error:
+            if not skip_unreadable:
+                raise
+            reason = str(error).split(": ", 1)[-1].removesuffix("; replace or remove the file")
+            skipped.append((record.path, record.patient_id, record.region, record.video_id, reason))
+            continue
+        if info.short:
+            warnings.append(short_stream_warning(record.path, info))
+        indices = frame_indices(info.frames, frame_step, record.frame)
         if not indices:
-            raise LusfeatError(f"{record.path}: frame {record.frame} asked for, but the file has {n_frames} frames")
+            counted = f"{info.frames} frames decode" + (f" (its container announces {info.announced})" if info.short else "")
+            raise LusfeatError(f"{record.path}: frame {record.frame} asked for, but {counted}; fix the frame column")
         for index in indices:
             rows.append((record.path, index, record.patient_id, record.region, record.score,
                          record.video_id, record.group, record.file))
-    columns = ["path", "frame_index", "patient_id", "region", "score", "video_id", "group", "file"]
-    return pd.DataFrame(rows, columns=columns)
+    return FramePlan(pd.DataFrame(rows, columns=FRAME_PLAN_COLUMNS), warnings,
+                     pd.DataFrame(skipped, columns=NOT_SCORED_COLUMNS))
+
+
+def plan_frames(manifest: pd.DataFrame, frame_step: int = 1) -> pd.DataFrame:
+    """The per-frame table: one row per frame to extract, in manifest order, with its labels and file.
+
+    Files that decode short are used with the frames that decode, with a logged warning (see :func:`plan_media`).
+    """
+    plan = plan_media(manifest, frame_step)
+    for message in plan.warnings:
+        log.warning("warning: %s", message)
+    return plan.frames
 
 
 FrameTransform = Callable[[np.ndarray, int], np.ndarray]  # (full-size rgb, size) -> (size, size, 3) rgb

@@ -29,9 +29,14 @@ from lusfeat.errors import LusfeatError
 
 REQUIRED_COLUMNS = ("path", "patient_id", "region", "score")
 OPTIONAL_COLUMNS = ("group", "video_id", "frame")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".gif")
-MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+# Whether a file is read is decided by its content (lusfeat.frames.probe_media); these names only
+# say which files of a folder to report when their content is not readable, and which suffix to
+# take off a name before looking for its region.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".gif", ".mkv", ".webm", ".mpeg", ".mpg", ".m2v", ".ts", ".mts",
+                  ".m2ts", ".wmv", ".asf", ".flv", ".ogv", ".3gp", ".mxf", ".nut", ".y4m")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES + DICOM_SUFFIXES
 DATA_ROOT_ENV = "LUSFEAT_DATA_ROOT"
 MAX_LISTED_PROBLEMS = 20
 REGION_TOKEN = re.compile(r"^[A-Za-z]{1,3}\d{1,2}$")
@@ -81,13 +86,17 @@ def read_manifest(
     *,
     require_scores: bool = True,
     check_readable: bool = True,
+    keep_unreadable: bool = False,
 ) -> pd.DataFrame:
     """Read and validate a manifest; return it with an absolute ``file`` column added.
 
     Every problem is collected and raised together in one :class:`LusfeatError` naming the
     line, the value and the fix, so that nothing runs on a half-valid manifest.
     ``require_scores=False`` admits empty scores (unlabelled prediction input); empty scores
-    come back as -1.
+    come back as -1. Whether a file is an image, a video or DICOM is read from its content
+    (``check_readable``: its first frame must decode). ``keep_unreadable=True`` (``predict``)
+    keeps the rows of unreadable files, with the reason in an ``unreadable`` column ("" for the
+    others), instead of refusing the manifest.
     """
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
@@ -165,26 +174,28 @@ def read_manifest(
 
     files = [root / path for path in table["path"]]
     absent = 0
+    unreadable = [""] * len(table)
     for index, (path, file) in enumerate(zip(table["path"], files, strict=True)):
         if not path:
             continue
-        if file.suffix.lower() not in MEDIA_SUFFIXES:
-            problems.append(
-                f"{_line(index)}: {path!r} is not an image or video file ({', '.join(MEDIA_SUFFIXES)})"
-            )
-        elif not file.is_file():
+        if not file.is_file():
             absent += 1
-            problems.append(f"{_line(index)}: file {path!r} not found under data root {root}")
+            kind = "a folder, not a file" if file.is_dir() else "not found"
+            problems.append(f"{_line(index)}: file {path!r} {kind} under data root {root}")
         elif check_readable:
             from lusfeat.frames import probe_media  # late: frames needs PyAV, manifest reading mostly not
 
             reason = probe_media(file)
-            if reason:
+            if reason and keep_unreadable:
+                unreadable[index] = reason
+            elif reason:
                 problems.append(f"{_line(index)}: {path!r} is not a readable image or video ({reason}); replace or remove the file")
     if absent and absent == len(table):
         problems.insert(0, f"none of the {absent} files exist under data root {root}. {GET_COVID_BLUES}")
     _raise_problems(manifest_path, problems)
     table["file"] = [str(file) for file in files]
+    if keep_unreadable:
+        table["unreadable"] = unreadable
     return table
 
 
@@ -194,17 +205,27 @@ def read_manifest(
 def region_from_name(name: str) -> str | None:
     """The region token of a file name (see the module doc), upper-cased; None when there is none."""
     stem = Path(name).name
-    for suffix in MEDIA_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    if Path(stem).suffix.lower() in MEDIA_SUFFIXES:
+        stem = stem[: -len(Path(stem).suffix)]
     tokens = [token for token in re.split(r"[_\-\s.]+", stem) if token]
     matches = [token for token in tokens if REGION_TOKEN.match(token)]
     return matches[-1].upper() if matches else None
 
 
+def _is_media(file: Path) -> bool:
+    """A file of a folder to read: an image, video or DICOM by its content, or named as one (then a
+    broken one is reported, not skipped). Hidden files are skipped."""
+    if file.name.startswith(".") or not file.is_file():
+        return False
+    if file.suffix.lower() in MEDIA_SUFFIXES:
+        return True
+    from lusfeat.frames import probe_media  # late: frames needs PyAV
+
+    return not probe_media(file)
+
+
 def _media_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if _is_media(p))
 
 
 def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
@@ -216,7 +237,7 @@ def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
     else:
         patients = [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and _media_files(sub)]
     if not patients:
-        raise LusfeatError(f"{folder}: no image or video files ({', '.join(MEDIA_SUFFIXES)}) in it or in its sub-folders")
+        raise LusfeatError(f"{folder}: no image, video or DICOM files in it or in its sub-folders")
     rows, problems = [], []
     for patient, patient_dir in patients:
         for file in _media_files(patient_dir):
@@ -234,11 +255,13 @@ def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | None, *,
+               keep_unreadable: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """``(validated manifest, the manifest made of a folder or None)`` of INPUT, a CSV or a folder.
 
     A folder's manifest is validated from a temporary file; ``predict`` writes it to
     ``OUT/input_manifest.csv`` with its results only, so a run that stops early leaves OUT as it was.
+    ``keep_unreadable``: as for :func:`read_manifest`.
     """
     path = Path(input_path)
     if path.is_dir():
@@ -247,11 +270,11 @@ def read_input(input_path: str | os.PathLike, data_root: str | os.PathLike | Non
             manifest_path = Path(scratch) / "input_manifest.csv"
             table.to_csv(manifest_path, index=False)
             try:
-                return read_manifest(manifest_path, path, require_scores=False), table
+                return read_manifest(manifest_path, path, require_scores=False, keep_unreadable=keep_unreadable), table
             except LusfeatError as error:  # name the user's folder, not the scratch file
                 raise LusfeatError(str(error).replace(str(manifest_path), f"{path} (read as a manifest)")) from None
     if path.is_file():
-        return read_manifest(path, data_root, require_scores=False), None
+        return read_manifest(path, data_root, require_scores=False, keep_unreadable=keep_unreadable), None
     raise LusfeatError(f"input {path} not found: pass a manifest CSV or a folder of one patient's videos or images")
 
 

@@ -370,3 +370,86 @@ def tiny_study_run(tiny_study: dict[str, Path], tmp_path_factory: pytest.TempPat
                     "--augment-copies", "1", "--out", str(folder / "features"), "--no-progress"]) == 0
     assert fit(["--fold", "all", "--features", str(folder / "features" / "mobilenet.h5"), "--out", str(folder / "run")]) == 0
     return folder / "run"
+
+
+# --------------------------------------------------------------------------- media files the tests make themselves
+
+
+def moving_frames(n: int, height: int = 64, width: int = 80, seed: int = 0) -> list:
+    """``n`` RGB uint8 frames of a bright disc moving over a dark speckled field (video-like, compressible)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    field = (rng.random((height, width)) * 60).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    frames = []
+    for i in range(n):
+        cy, cx = height / 2 + height / 4 * np.sin(i / 5), width / 2 + width / 4 * np.cos(i / 7)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < (height / 6) ** 2
+        frame = np.stack([field, field // 2, field // 3], axis=2).copy()
+        frame[disc] = (200, 180 - i % 50, 40 + i % 100)
+        frames.append(frame)
+    return frames
+
+
+def write_video(path: Path, frames: list, codec: str = "libx264", rate: int = 25, pix_fmt: str = "yuv420p",
+                options: dict | None = None, container_options: dict | None = None) -> Path:
+    """Encode ``frames`` (RGB uint8) with PyAV; the container is chosen by ``path``'s suffix."""
+    import av
+
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate, options=options or {})
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = pix_fmt
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def cut_file(source: Path, target: Path, keep: float) -> Path:
+    """``target``: the first ``keep`` fraction of ``source``'s bytes (a file cut short after its header)."""
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * keep)])
+    return target
+
+
+SECRET_PATIENT = {"PatientName": "Doe^Jane", "PatientID": "SECRET-4711", "PatientBirthDate": "19700101",
+                  "StudyDate": "20240229", "AccessionNumber": "ACC-98765", "InstitutionName": "St Nowhere"}
+
+
+def dicom_dataset(frames, colour: str = "RGB", *, sop_class: str = "1.2.840.10008.5.1.4.1.1.3.1", bits: int = 8,
+                  frame_time_ms: float | None = 40.0):
+    """A pydicom data set of ``frames`` ((n, rows, cols[, 3]) pixel values as they are to be stored), uncompressed,
+    explicit VR little endian, with made-up patient identifiers (:data:`SECRET_PATIENT`) that must never leak."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = np.asarray(frames)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("made-by-test", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    for keyword, value in SECRET_PATIENT.items():
+        setattr(ds, keyword, value)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = frames.shape[1], frames.shape[2]
+    ds.SamplesPerPixel = 3 if frames.ndim == 4 else 1
+    ds.PhotometricInterpretation = colour
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    if len(frames) > 1 or frame_time_ms:
+        ds.NumberOfFrames = len(frames)
+        if frame_time_ms:
+            ds.FrameTime = frame_time_ms
+            ds.FrameIncrementPointer = 0x00181063
+    ds.PixelData = frames.astype(np.uint8 if bits <= 8 else np.uint16).tobytes()
+    return ds

@@ -65,7 +65,9 @@ def test_missing_manifest_file(tmp_path):
         (f"{VIDEO},,L1,1", "line 2: empty patient_id"),
         (f"{VIDEO},1,,1", "line 2: empty region"),
         ("COVID-BLUES/lus_videos/nope.mp4,1,L1,1", "line 2: file 'COVID-BLUES/lus_videos/nope.mp4' not found"),
-        ("COVID-BLUES/severity.csv,1,L1,1", "is not an image or video file"),
+        ("COVID-BLUES/severity.csv,1,L1,1", "line 2: 'COVID-BLUES/severity.csv' is not a readable image or video "
+                                            "(cannot open as image or video"),
+        ("COVID-BLUES/lus_videos,1,L1,1", "line 2: file 'COVID-BLUES/lus_videos' a folder, not a file"),
     ],
 )
 def test_row_errors_name_line_and_value(tmp_path, data_root, row, expected):
@@ -116,3 +118,48 @@ def test_check_command(capsys, data_root, tmp_path):
     assert "362 rows, 63 patients, 6 regions" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "nope.csv")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_readability_is_read_from_content_not_suffix(tmp_path):
+    from conftest import moving_frames, write_video
+
+    frames = moving_frames(12)
+    write_video(tmp_path / "a.mpeg", frames, "mpeg1video")
+    write_video(tmp_path / "b.mkv", frames, "libx264")
+    write_video(tmp_path / "c.webm", frames, "libvpx")
+    write_video(tmp_path / "d.mp4", frames, "libx264").rename(tmp_path / "d_without_suffix")
+    write_video(tmp_path / "e.mp4", frames, "libx264").rename(tmp_path / "e.bin")
+    rows = "".join(f"{name},1,L{i + 1},0\n" for i, name in enumerate(["a.mpeg", "b.mkv", "c.webm", "d_without_suffix", "e.bin"]))
+    table = read_manifest(_manifest(tmp_path, "path,patient_id,region,score\n" + rows), tmp_path)
+    assert len(table) == 5 and "unreadable" not in table
+
+
+def test_each_unreadable_file_is_named_with_its_line_and_reason(tmp_path):
+    import av
+    import numpy as np
+
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 30)
+    (tmp_path / "readme.txt").write_text("the patient was seen on Monday\n" * 20)
+    with av.open(str(tmp_path / "sound.mkv"), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    path = _manifest(tmp_path, "path,patient_id,region,score\nnotes.mp4,1,L1,0\nreadme.txt,1,L2,0\nsound.mkv,1,L3,0\n")
+    message = _error(path, tmp_path)
+    assert "line 2: 'notes.mp4' is not a readable image or video (cannot open" in message
+    assert "line 3: 'readme.txt' is not a readable image or video (a text file" in message
+    assert "line 4: 'sound.mkv' is not a readable image or video (no video stream (audio stream(s) only))" in message
+    kept = read_manifest(path, tmp_path, keep_unreadable=True)
+    assert kept["unreadable"].str.len().gt(0).all() and len(kept) == 3
+
+
+def test_dicom_files_with_and_without_suffix(tmp_path):
+    pytest.importorskip("pydicom", reason="DICOM support is an optional extra: pip install 'lusfeat[dicom]'")
+    from conftest import dicom_dataset, moving_frames
+
+    dicom_dataset(moving_frames(3)).save_as(tmp_path / "loop.dcm", enforce_file_format=True)
+    dicom_dataset(moving_frames(3)).save_as(tmp_path / "IM0002", enforce_file_format=True)
+    path = _manifest(tmp_path, "path,patient_id,region,score\nloop.dcm,1,L1,0\nIM0002,1,L2,1\n")
+    assert read_manifest(path, tmp_path)["path"].tolist() == ["loop.dcm", "IM0002"]

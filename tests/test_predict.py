@@ -22,7 +22,8 @@ from lusfeat.predict import main
 
 @pytest.mark.parametrize(("name", "region"), [
     ("L1.mp4", "L1"), ("R2_2.mp4", "R2"), ("patient_9_L1.mp4", "L1"), ("patient_12_R3_2.mp4", "R3"),
-    ("rpl3-0007.png", "RPL3"), ("scan L2.avi", "L2"), ("Frame.L3.jpeg", "L3"),
+    ("rpl3-0007.png", "RPL3"), ("scan L2.avi", "L2"), ("Frame.L3.jpeg", "L3"), ("L1.mp4", "L1"), ("R3.m4v", "R3"),
+    ("L2.mkv", "L2"), ("R1.dcm", "R1"), ("study.L3", "L3"), ("L1_mpeg.mpeg", "L1"),
     ("patient_9.mp4", None), ("video.mp4", None), ("12.mp4", None), ("left_anterior.mp4", None),
 ])
 def test_region_from_name(name, region):
@@ -42,8 +43,18 @@ def test_folder_manifest_names_patient_by_folder_and_refuses_unnamed_files(tmp_p
     with pytest.raises(LusfeatError, match="no region in the name of whatever.mp4"):
         folder_manifest(patient)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LusfeatError, match="no image or video"):
+    with pytest.raises(LusfeatError, match="no image, video or DICOM"):
         folder_manifest(tmp_path / "empty")
+
+
+def test_folder_manifest_reads_files_by_content(tmp_path: Path):
+    from conftest import moving_frames, write_video
+
+    write_video(tmp_path / "x.mp4", moving_frames(5), "libx264").rename(tmp_path / "R1")  # a video without suffix
+    write_video(tmp_path / "L2.mkv", moving_frames(5), "libx264")
+    (tmp_path / "notes.txt").write_text("region L3 looked fine\n" * 10)  # text: not media, skipped
+    (tmp_path / ".DS_Store").write_bytes(b"\0" * 64)
+    assert folder_manifest(tmp_path)[["path", "region"]].values.tolist() == [["L2.mkv", "L2"], ["R1", "R1"]]
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,16 @@ Models (column prefixes of ``predictions.csv``):
 ``--preset paper`` trains ``head`` and ``logreg`` only, exactly the paper's stage two; preset
 ``video`` adds ``video`` and makes it the primary model (what ``lusfeat.predict`` scores with).
 
+Every preset also fits, per fold, a distribution check of the training videos
+(``lusfeat.models.distribution.VideoDistribution``, ``distribution.joblib``): ``lusfeat.predict``
+tells with it which new videos are unlike anything the model was trained on. Its threshold is
+calibrated on held-out training patients so that about 5% of new COVID-BLUES-like videos are
+flagged; the held-out fold's flag rate goes to ``metrics.json`` (``in_distribution``).
+
 Folds are over patients, made once per run folder (``RUN/folds.csv``) and reused, so several
 feature files (one per backbone) are scored on the same split. Writes, per backbone and fold,
-``RUN/<backbone>/fold<k>/{predictions.csv, metrics.json, head.keras, logreg.joblib, [video.joblib], model.json}``,
+``RUN/<backbone>/fold<k>/{predictions.csv, metrics.json, head.keras, logreg.joblib, [video.joblib], distribution.joblib,
+model.json}``,
 with ``--fold all`` also ``RUN/<backbone>/pooled/{predictions.csv, metrics.json}``, and
 ``RUN/summary.csv``; the summary table is printed on stdout, progress goes to stderr.
 
@@ -87,6 +94,11 @@ def run_backbone(features: FeatureSet, folds: pd.DataFrame, fold_numbers: list[i
                  len(predictions), len(result.test_patients),
                  " | ".join(f"{name} {metrics[name]['fit_seconds']:.2f} s, acc {metrics[name]['accuracy']:.3f}, "
                             f"QWK {_fmt(metrics[name]['qwk'])}" for name in result.models))
+        if "in_distribution" in metrics:
+            check = metrics["in_distribution"]
+            log.info("%s fold %d: distribution check, threshold %.2f: %d of %d held-out videos flagged as unlike the "
+                     "training videos (%.1f%%)", backbone, fold, check["threshold"], check["flagged"],
+                     check["test_videos"], 100 * check["flag_rate"])
         _report_warnings(backbone, f"fold {fold}", metrics["warnings"])
         records.append(metrics)
         tables.append(predictions)

@@ -240,6 +240,22 @@ def _score_cell(pred, truth, near: int = 1) -> str:
     return f'<td class="{kind}">{_esc(int(pred))}</td>'
 
 
+def distribution_text(section: Section) -> str:
+    """The held-out videos the fold's distribution check flags as unlike the training videos; "" where not recorded."""
+    check = (section.metrics or {}).get("in_distribution")
+    if not check:
+        return ""
+    if check.get("flag_rate") is None:  # the final model: no held-out video
+        return f"threshold {check['threshold']:.2f}, no held-out videos (trained on every patient)"
+    text = (f"{check['flagged']} of {check['test_videos']} held-out videos ({100 * check['flag_rate']:.1f}%) flagged "
+            "as unlike the training videos")
+    if "threshold" in check:
+        text += f" (distance above {check['threshold']:.2f})"
+    if check.get("per_fold"):
+        text += "; per fold " + ", ".join(f"{100 * rate:.1f}%" for rate in check["per_fold"])
+    return text
+
+
 def _metrics_html(section: Section) -> str:
     header = ["model"] + [h for h, *_ in METRIC_COLUMNS]
     return _table(header, [[_esc(p)] + v for p, v in metric_rows(section)])
@@ -485,6 +501,12 @@ def build_html(run: Run, rule: str) -> str:
             warnings = (section.metrics or {}).get("warnings") or []
             if warnings:
                 parts.append('<p class="note"><b>Warnings from fit</b>: ' + _esc("; ".join(map(str, warnings))) + "</p>")
+            check = distribution_text(section)
+            if check:
+                parts += ["<h4>Distribution check (lusfeat.predict's in_distribution)</h4>",
+                          f'<p>{_esc(check)}. <span class="note">The threshold is set on held-out training patients '
+                          "to flag about 5% of new videos like the training ones; lusfeat.predict flags new videos "
+                          "beyond it as unlike anything the model was trained on.</span></p>"]
             parts += ["<h4>Metrics</h4>", _metrics_html(section), "<h4>Region and global agreement</h4>",
                       _agreement_text(section), "<h4>Calibration and score sets</h4>", _uncertainty_html(section),
                       _figures_html(section)]
@@ -516,6 +538,11 @@ def build_markdown(run: Run, rule: str) -> str:
         for section in sections:
             for prefix, values in metric_rows(section):
                 lines.append("| " + " | ".join([backbone, section.name, prefix] + values) + " |")
+    checks = [(backbone, section.name, distribution_text(section)) for backbone, sections in run.sections.items()
+              for section in sections if distribution_text(section)]
+    if checks:
+        lines += ["", "Distribution check (held-out videos flagged as unlike the training videos):", ""]
+        lines += [f"- {backbone} {name}: {text}" for backbone, name, text in checks]
     lines += ["", "Full report with figures and per-patient tables: report.html", ""]
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@
     RUN/folds.csv                      patient -> fold, made once and reused (lusfeat.folds)
     RUN/summary.csv                    one row per backbone, fold and model
     RUN/<backbone>/fold<k>/            predictions.csv, metrics.json, model.json and the models:
-                                       head.keras, logreg.joblib, [video.joblib]
+                                       head.keras, logreg.joblib, [video.joblib], distribution.joblib
     RUN/<backbone>/pooled/             predictions.csv, metrics.json of all folds together
     RUN/<backbone>/final/              fit --final: every model trained on all patients; model.json,
                                        metrics.json (no held-out test: see pooled/) and the models
@@ -47,6 +47,7 @@ from lusfeat.folds import assert_patients_disjoint, make_folds, patient_strata, 
 from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
 from lusfeat.models.calibration import TemperatureScaling
 from lusfeat.models.conformal import ConformalScoreSets, format_set, parse_set
+from lusfeat.models.distribution import VideoDistribution
 from lusfeat.models.head import SeverityHead
 from lusfeat.models.linear import StandardisedLogisticRegression, pipeline_probabilities
 from lusfeat.models.ordinal import OrdinalLogisticRegression, decide
@@ -61,6 +62,8 @@ MODELS = ("head", "logreg", "video")  # column order in predictions.csv
 PRESETS = {"video": ("video", "head", "logreg"), "paper": ("head", "logreg")}  # primary model first
 OWN_DECISION = ("video",)  # models whose score is their own rule (ordinal median), not the argmax
 MODEL_FILES = {"head": "head.keras", "logreg": "logreg.joblib", "video": "video.joblib"}
+DISTRIBUTION_FILE = "distribution.joblib"  # VideoDistribution: is a new video like the training videos?
+MIN_CALIBRATION_PATIENTS = 10  # fewer training patients: fit warns that the distribution check's threshold is unreliable
 SUMMARY_COLUMNS = ["backbone", "fold", "model", "accuracy", "macro_f1", "qwk", "roc_auc", "seconds"]
 ACCURACY_GAP_WARNING = 0.05  # the head may trail the regression by this much before we warn
 
@@ -85,6 +88,10 @@ class FitParams:
     coverage: float = 0.9  # conformal sets: share of videos whose set should hold the true score
     conformal_method: str = "lac"
     inner_folds: int = 3  # patient-level folds of the training patients, for C, calibration and sets
+    distribution_pooling: tuple[str, ...] = ("mean", "std")  # VideoDistribution, see benchmarks/in_distribution.py
+    distribution_components: int = 10
+    distribution_shrinkage: float = 0.1
+    distribution_quantile: float = 0.95  # about 5% of new videos like the training ones are flagged
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -102,6 +109,11 @@ class FitParams:
 
     def logistic_check(self) -> StandardisedLogisticRegression:
         return StandardisedLogisticRegression(C=self.logreg_C, max_iter=self.logreg_max_iter, random_state=self.seed)
+
+    def distribution(self) -> VideoDistribution:
+        return VideoDistribution(pooling=self.distribution_pooling, n_components=self.distribution_components,
+                                 shrinkage=self.distribution_shrinkage, quantile=self.distribution_quantile,
+                                 random_state=self.seed)
 
 
 @dataclass
@@ -121,6 +133,8 @@ class FoldResult:
     calibrated: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # model -> (n_test, 4)
     sets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # model -> (n_test, 4) booleans
     notes: list[str] = dataclasses.field(default_factory=list)  # models left uncalibrated, and why
+    distribution: VideoDistribution | None = None  # fitted on the training videos
+    test_videos: pd.DataFrame | None = None  # per test video: patient_id, video_id, distance, in_distribution
 
     @property
     def head(self) -> SeverityHead:
@@ -304,6 +318,7 @@ def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitPa
         if name in posthoc:
             calibrated[name] = posthoc[name].calibrate(probabilities[name])
             sets[name] = posthoc[name].frame_sets(test_frames, calibrated[name])
+    distribution, test_videos = fit_distribution(features, train, params, X_test, test_frames)
     result = FoldResult(
         fold=fold,
         train_patients=_patients(frames["patient_id"].iloc[train]),
@@ -318,6 +333,8 @@ def fit_fold(features: FeatureSet, folds: pd.DataFrame, fold: int, params: FitPa
         calibrated=calibrated,
         sets=sets,
         notes=notes,
+        distribution=distribution,
+        test_videos=test_videos,
     )
     return result
 
@@ -331,11 +348,42 @@ def fit_final(features: FeatureSet, params: FitParams) -> FoldResult:
     everything = np.arange(len(frames))
     models, seconds, posthoc, notes = _fit_models(features, everything, params, "final model")
     empty = np.zeros((0, len(CLASSES)))
+    no_test = frames.iloc[:0].reset_index(drop=True)
+    distribution, test_videos = fit_distribution(features, everything, params, features.features[0, :0], no_test)
     result = FoldResult(fold="final", train_patients=_patients(frames["patient_id"]), test_patients=[],
-                        n_train_frames=len(frames), test_frames=frames.iloc[:0].reset_index(drop=True),
+                        n_train_frames=len(frames), test_frames=no_test,
                         probabilities=dict.fromkeys(models, empty), predicted=dict.fromkeys(models, np.zeros(0, int)),
-                        seconds=seconds, models=models, posthoc=posthoc, notes=notes)
+                        seconds=seconds, models=models, posthoc=posthoc, notes=notes, distribution=distribution,
+                        test_videos=test_videos)
     return result
+
+
+def fit_distribution(features: FeatureSet, train: np.ndarray, params: FitParams, X_test: np.ndarray,
+                     test_frames: pd.DataFrame) -> tuple[VideoDistribution, pd.DataFrame]:
+    """The distribution check of the training videos (copy 0), and its answer for each test video."""
+    frames = features.frames.iloc[train]
+    distribution = params.distribution().fit(features.features[:1, train], frames["score"].to_numpy().astype(int),
+                                             **video_fit_arguments(frames))
+    return distribution, distribution_table(distribution, X_test, test_frames)
+
+
+def distribution_table(distribution: VideoDistribution, features: np.ndarray, frames: pd.DataFrame) -> pd.DataFrame:
+    """Per video of ``frames``: ``patient_id, video_id, distance, in_distribution`` (distance <= the threshold)."""
+    keys, distances = distribution.video_distances(features, video_keys(frames))
+    patient, video = zip(*(key.split("/", 1) for key in keys), strict=True) if len(keys) else ((), ())
+    return pd.DataFrame({"patient_id": list(patient), "video_id": list(video), "distance": distances,
+                         "in_distribution": distances <= distribution.threshold_})
+
+
+def distribution_record(result: FoldResult) -> dict[str, Any]:
+    """What metrics.json says of the fold's distribution check: its threshold and the held-out videos it flags."""
+    distribution, videos = result.distribution, result.test_videos
+    flagged = int((~videos["in_distribution"]).sum())
+    return {"threshold": distribution.threshold_, "quantile": distribution.quantile,
+            "components": distribution.n_components_, "train_videos": distribution.n_videos_,
+            "test_videos": len(videos), "flagged": flagged, "flag_rate": flagged / len(videos) if len(videos) else None,
+            "flagged_videos": [f"{p}/{v}" for p, v in videos.loc[~videos["in_distribution"], ["patient_id", "video_id"]]
+                               .itertuples(index=False)]}
 
 
 def predictions_table(frames: pd.DataFrame, probabilities: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
@@ -425,8 +473,14 @@ def fold_metrics(backbone: str, result: FoldResult, predictions: pd.DataFrame, f
         video = result.models["video"]
         record["video"].update({"C": video.C_, "inner_video_qwk": video.inner_qwk_, "train_videos": video.n_videos_,
                                 "converged": bool(video.estimator_.converged_)})
+    if result.distribution is not None:
+        record["in_distribution"] = distribution_record(result)
     record["agreement_kappa"], record["warnings"] = compare_models(record, predictions)
     record["warnings"].extend(result.notes)
+    if result.distribution is not None and len(result.train_patients) < MIN_CALIBRATION_PATIENTS:
+        record["warnings"].append(
+            f"the distribution check's threshold is calibrated on only {len(result.train_patients)} training patients "
+            f"(fewer than {MIN_CALIBRATION_PATIENTS}): which new videos it flags is unreliable")
     if not result.logreg.converged_:
         record["warnings"].append(f"the logistic regression stopped at max_iter={params.logreg_max_iter} before converging")
     record["params"] = {**dataclasses.asdict(params), "train_copies": features.config.copies, "eval_copy": 0}
@@ -460,6 +514,11 @@ def pooled_metrics(backbone: str, fold_records: list[dict[str, Any]], prediction
             record[model]["calibration"] = {"temperature_per_fold": [entry.get("calibration", {}).get("temperature")
                                                                      for entry in per_fold]}
     _headline_coverage(record)
+    checked = [entry["in_distribution"] for entry in fold_records if "in_distribution" in entry]
+    if checked:
+        videos, flagged = sum(entry["test_videos"] for entry in checked), sum(entry["flagged"] for entry in checked)
+        record["in_distribution"] = {"test_videos": videos, "flagged": flagged, "flag_rate": flagged / max(videos, 1),
+                                     "per_fold": [entry["flag_rate"] for entry in checked]}
     # Only the pooled comparison's own warnings here; run_backbone adds the folds' after printing.
     record["agreement_kappa"], record["warnings"] = compare_models(record, predictions)
     record["params"] = fold_records[0]["params"]
@@ -508,6 +567,8 @@ def final_metrics(backbone: str, result: FoldResult, features: FeatureSet, param
     if "video" in result.models:
         video = result.models["video"]
         record["video"].update({"C": video.C_, "inner_video_qwk": video.inner_qwk_, "train_videos": video.n_videos_})
+    if result.distribution is not None:
+        record["in_distribution"] = distribution_record(result)  # its threshold; no held-out video to flag
     record["params"] = {**dataclasses.asdict(params), "train_copies": features.config.copies}
     record["features"] = features_record(features)
     return record
@@ -530,6 +591,10 @@ def model_record(backbone: str, result: FoldResult, features: FeatureSet, params
         "models": list(result.models),
         "primary": next(iter(result.models)),
         "files": {name: MODEL_FILES[name] for name in result.models},
+        **({"distribution": {"file": DISTRIBUTION_FILE, "threshold": result.distribution.threshold_,
+                             "quantile": result.distribution.quantile, "pooling": list(result.distribution.pooling),
+                             "components": result.distribution.n_components_}}
+           if result.distribution is not None else {}),
         "lusfeat_version": __version__,
         "params": dataclasses.asdict(params),
         "calibration": calibration,
@@ -553,6 +618,8 @@ def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame | Non
         replace_atomically(folder / MODEL_FILES["video"], lambda target: joblib.dump(result.models["video"], target))
     else:
         (folder / MODEL_FILES["video"]).unlink(missing_ok=True)  # a paper refit must not leave an older video model
+    if result.distribution is not None:
+        replace_atomically(folder / DISTRIBUTION_FILE, lambda target: joblib.dump(result.distribution, target))
     write_json(model, folder / "model.json")
 
 
@@ -612,6 +679,7 @@ class SavedModel:
     models: dict[str, object]  # name -> keras.Model "head" | sklearn Pipeline "logreg" | VideoPoolingClassifier "video"
     primary: str
     posthoc: dict[str, PostHoc] = dataclasses.field(default_factory=dict)  # name -> calibration and score sets
+    distribution: VideoDistribution | None = None  # None in folders fitted before lusfeat had it
 
     @property
     def head(self) -> object:
@@ -686,7 +754,14 @@ def load_saved_model(folder: str | os.PathLike) -> SavedModel:
             except (KeyError, TypeError, ValueError) as error:
                 raise LusfeatError(f"{info_path}: the {name} model's calibration or conformal record is broken "
                                    f"({error!r}); refit with lusfeat.fit") from error
-    return SavedModel(folder, info, extraction, models, primary, posthoc)
+    distribution = None
+    if "distribution" in info:
+        path = folder / DISTRIBUTION_FILE
+        if not path.is_file():
+            raise LusfeatError(f"{path} not found: model.json lists the distribution check; refit the fold with "
+                               "lusfeat.fit or copy the whole folder")
+        distribution = _load_joblib(path, extraction)
+    return SavedModel(folder, info, extraction, models, primary, posthoc, distribution)
 
 
 def check_compatible(model: SavedModel, weights_identity: str, weights_description: str, input_size: int,

@@ -46,7 +46,7 @@ def test_run_folder_layout(full_run: Path, synthetic_features: Path, capsys):
     for fold in (1, 2, 3):
         folder = full_run / "mobilenet" / f"fold{fold}"
         assert {p.name for p in folder.iterdir()} == {"predictions.csv", "metrics.json", "head.keras", "logreg.joblib",
-                                                      "video.joblib", "model.json"}
+                                                      "video.joblib", "distribution.joblib", "model.json"}
         predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
         assert list(predictions.columns) == PREDICTION_COLUMNS
         assert (predictions["fold"] == fold).all()
@@ -75,6 +75,12 @@ def test_run_folder_layout(full_run: Path, synthetic_features: Path, capsys):
         assert model["extraction"]["frame_step"] == 10 and model["feature_dim"] == 256
         assert model["weights_source"] == "synthetic (tests/conftest.py)"
         assert model["classes"] == [0, 1, 2, 3] and model["train_patients"] == metrics["train_patients"]
+        # the distribution check: fitted on the training videos, its held-out flag rate recorded
+        check = metrics["in_distribution"]
+        assert check["test_videos"] == predictions.groupby("video_id").ngroups
+        assert check["flag_rate"] == pytest.approx(check["flagged"] / check["test_videos"])
+        assert model["distribution"]["threshold"] == check["threshold"] > 0
+        assert any("calibrated on only 4 training patients" in text for text in metrics["warnings"])
         tested.append(predictions)
 
     pooled = pd.read_csv(full_run / "mobilenet" / "pooled" / "predictions.csv", dtype={"patient_id": str})
@@ -83,6 +89,7 @@ def test_run_folder_layout(full_run: Path, synthetic_features: Path, capsys):
     pooled_metrics = json.loads((full_run / "mobilenet" / "pooled" / "metrics.json").read_text())
     assert pooled_metrics["fold"] == "pooled" and pooled_metrics["folds"] == [1, 2, 3]
     assert pooled_metrics["head"]["accuracy"] == pytest.approx((pooled["head_pred"] == pooled["score"]).mean())
+    assert pooled_metrics["in_distribution"]["test_videos"] == pooled.groupby(["patient_id", "video_id"]).ngroups
 
     summary = pd.read_csv(full_run / "summary.csv", dtype={"fold": str})
     assert list(summary.columns) == ["backbone", "fold", "model", "accuracy", "macro_f1", "qwk", "roc_auc", "seconds"]

@@ -146,3 +146,17 @@ def test_report_shows_calibration_score_sets_and_the_final_model(tiny_study_run:
     html = (run / "report.html").read_text()
     assert "<b>Final model</b>" in html
     assert "no patient is held out" in html
+
+
+def test_report_shows_the_distribution_checks_flag_rate(synthetic_run: Path):
+    for fold, flagged in ((1, 1), (2, 0), (3, 2)):
+        path = synthetic_run / "mobilenet" / f"fold{fold}" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["in_distribution"] = {"threshold": 2.5, "test_videos": 12, "flagged": flagged, "flag_rate": flagged / 12}
+        path.write_text(json.dumps(metrics))
+    assert main([str(synthetic_run)]) == 0
+    html = (synthetic_run / "report.html").read_text()
+    assert "Distribution check" in html
+    assert "2 of 12 held-out videos (16.7%) flagged as unlike the training videos (distance above 2.50)" in html
+    summary = (synthetic_run / "summary.md").read_text()
+    assert "- mobilenet fold 1: 1 of 12 held-out videos (8.3%) flagged" in summary

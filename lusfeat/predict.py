@@ -2,6 +2,7 @@
 
     python -m lusfeat.predict --model RUN/<backbone>/final|fold<k> INPUT [--data-root DIR] [--scorer video|head|logreg]
         [--weights imagenet|none|FILE|DIR] [--frame-step K] [--rule mode|mean_proba] [--coverage 0.9] [--out DIR]
+        [--strict]
 
 INPUT is either
 
@@ -11,7 +12,15 @@ INPUT is either
   folder of such patient folders. Each file's region is read from its name: the **last**
   ``_``/``-``/space/``.``-separated token made of 1-3 letters then 1-2 digits, upper-cased
   (``L1.mp4`` -> L1, ``R2_2.mp4`` -> R2, ``patient_9_L1.mp4`` -> L1, ``rpl3-0007.png`` -> RPL3).
-  A file without such a token is an error: rename it or write a manifest.
+  A file without such a token is an error: rename it or write a manifest. Files are taken by
+  their content: any image or video FFmpeg decodes, and DICOM files (``.dcm`` or no suffix).
+
+A file that cannot be read at all (no video stream, nothing decodes, a DICOM object without
+pixel data, ...) is listed as not scored, with the reason, in ``not_scored.csv``,
+``predictions.json`` and the summary, and every other file is scored; the command fails only
+when no file could be scored, or, with ``--strict``, when any file cannot be read (before any
+work). A video whose container announces more frames than decode is scored on the frames that
+decode, with a warning naming it and both counts.
 
 The model folder is one that ``lusfeat.fit`` wrote: ``model.json`` (backbone, weights identity,
 input size, pooling, frame step of the features it was trained on; the models trained and the
@@ -25,7 +34,8 @@ Writes to OUT: ``frames.csv`` (per frame, for every model of the folder: class p
 ``<model>_p0..p3`` and ``<model>_pred``), and by the scorer (``--scorer``, default the
 folder's primary model): ``videos.csv``, ``regions.csv``, ``patients.csv`` (global score with
 the number of regions scored) and ``predictions.json`` (all of it, nested per patient, with the
-model's identity). Where the input carries true scores, the agreement is reported too.
+model's identity), and ``not_scored.csv``. Where the input carries true scores, the agreement is
+reported too.
 
 For new patients use the final model (``lusfeat.fit --final``: trained on every patient); a fold
 model (``fold<k>``) was trained on two thirds of them. Where the folder has them (lusfeat.fit
@@ -34,6 +44,12 @@ since calibration), probabilities are calibrated (``<model>_cal_p0..p3`` in ``fr
 (``score_set``, e.g. ``{1,2}``, and ``set_size``): the scores that, at the chosen ``--coverage``
 (default: the model's, 90%), hold the true score for that share of videos (measured on held-out
 patients; ``docs/uncertainty.md``). A wide set means the model cannot tell those scores apart.
+
+``videos.csv`` also tells, per video, whether it looks like the videos the model was trained on:
+``distance`` (to the training patients' pooled video features, ``lusfeat.models.distribution``)
+and ``in_distribution`` (False beyond the model's threshold, which flags about 5% of new
+COVID-BLUES videos). Scores of a video flagged False are of a kind the model has never seen
+(another probe, hospital, body part, or no lung ultrasound at all): do not trust them.
 """
 
 from __future__ import annotations
@@ -51,7 +67,7 @@ import pandas as pd
 from lusfeat.aggregate import RULES, agreement, global_scores, region_scores, video_scores
 from lusfeat.backbones import BACKBONES, get_spec, resolve_weights
 from lusfeat.cli import add_verbose_argument, start
-from lusfeat.embed import embed_frames, plan_frames
+from lusfeat.embed import NOT_SCORED_COLUMNS, embed_frames, plan_media
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_json, write_text
 from lusfeat.manifest import read_input
@@ -59,6 +75,7 @@ from lusfeat.runs import (
     MODEL_FILES,
     apply_posthoc,
     check_compatible,
+    distribution_table,
     load_saved_model,
     predictions_table,
     score_features,
@@ -74,7 +91,22 @@ def _scores(row: pd.Series) -> dict:
            "true_score": None if int(row["truth"]) == UNLABELLED else int(row["truth"])}
     if "score_set" in row.index:
         out["score_set"] = [int(k) for k in str(row["score_set"]).strip("{}").split(",") if k]
+    if "in_distribution" in row.index:  # a video's row
+        known = not pd.isna(row["in_distribution"])
+        out["distance"] = round(float(row["distance"]), 4) if known else None
+        out["in_distribution"] = bool(row["in_distribution"]) if known else None
     return out
+
+
+def add_distribution(videos: pd.DataFrame, features, frames: pd.DataFrame, model) -> pd.DataFrame:
+    """``videos`` with ``distance`` and ``in_distribution`` per video (empty where the model folder has no check)."""
+    if model.distribution is None:
+        return videos.assign(distance=float("nan"), in_distribution=pd.NA)
+    checked = distribution_table(model.distribution, features, frames)
+    checked["patient_id"] = checked["patient_id"].astype(str)
+    merged = videos.assign(patient_id=videos["patient_id"].astype(str)).merge(
+        checked, on=["patient_id", "video_id"], how="left", validate="many_to_one")
+    return merged.assign(in_distribution=merged["in_distribution"].astype(bool))
 
 
 def nested_result(videos: pd.DataFrame, regions: pd.DataFrame, patients: pd.DataFrame) -> list[dict]:
@@ -96,8 +128,12 @@ def nested_result(videos: pd.DataFrame, regions: pd.DataFrame, patients: pd.Data
 def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out: str | os.PathLike = "predictions",
             data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
             input_size: int | None = None, rule: str = "mode", scorer: str | None = None, batch_size: int = 32,
-            coverage: float | None = None, progress: bool = True) -> dict:
-    """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict."""
+            coverage: float | None = None, progress: bool = True, strict: bool = False) -> dict:
+    """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict.
+
+    Files that cannot be read are left out and listed (``not_scored``); with ``strict`` they are refused
+    before any work. Raises :class:`LusfeatError` when no file can be scored.
+    """
     if rule not in RULES:
         raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
     if coverage is not None and not 0 < coverage < 1:
@@ -118,17 +154,28 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     step = model.extraction.frame_step if frame_step is None else frame_step
     if step < 1:
         raise LusfeatError("--frame-step must be >= 1")
-    manifest, made_manifest = read_input(input_path, data_root)
-    frames = plan_frames(manifest, step)
-    log.info("%d frames (every %d) from %d files of %d patient(s)", len(frames), step, len(manifest),
-             manifest["patient_id"].nunique())
+    manifest, made_manifest = read_input(input_path, data_root, keep_unreadable=not strict)
+    unreadable = manifest[manifest["unreadable"] != ""] if not strict else manifest.iloc[:0]
+    refused = unreadable.assign(reason=unreadable.get("unreadable", pd.Series(dtype=str)))[NOT_SCORED_COLUMNS]
+    plan = plan_media(manifest.drop(unreadable.index), step, skip_unreadable=not strict)
+    not_scored = pd.concat([refused, plan.not_scored], ignore_index=True)
+    for message in plan.warnings:
+        log.warning("warning: %s", message)
+    for row in not_scored.itertuples(index=False):
+        log.warning("not scored: %s: %s", row.path, row.reason)
+    frames = plan.frames
+    if frames.empty:
+        listed = "; ".join(f"{row.path} ({row.reason})" for row in not_scored.itertuples(index=False))
+        raise LusfeatError(f"{input_path}: nothing could be scored, no file of it can be read: {listed}")
+    log.info("%d frames (every %d) from %d files of %d patient(s)", len(frames), step, frames["path"].nunique(),
+             frames["patient_id"].nunique())
     began = time.perf_counter()
     features = embed_frames(frames, model.extraction, source, batch_size=batch_size, progress=progress)
     probabilities, predicted = score_features(features, frames, model)
     table = predictions_table(frames, probabilities, predicted, None, *apply_posthoc(model, frames, probabilities, coverage))
     seconds = time.perf_counter() - began
     view = scorer_view(table, scorer)
-    videos = video_scores(view, scorer, rule)
+    videos = add_distribution(video_scores(view, scorer, rule), features, frames, model)
     regions = region_scores(view, scorer, rule)
     patients = global_scores(regions)
     labelled = bool((table["score"] != UNLABELLED).any())
@@ -143,11 +190,15 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
         "rule": rule, "frames": len(table), "seconds": round(seconds, 2),
         "agreement": agreement(regions, patients) if labelled else None,
         "patients": nested_result(videos, regions, patients),
+        "not_scored": not_scored.to_dict(orient="records"),
+        "warnings": list(plan.warnings),
+        "in_distribution": distribution_summary(videos, model),
     }
     out.mkdir(parents=True, exist_ok=True)
     if made_manifest is not None:
         write_text(made_manifest.to_csv(index=False), out / "input_manifest.csv")
-    for name, frame in (("frames", table), ("videos", videos), ("regions", regions), ("patients", patients)):
+    for name, frame in (("frames", table), ("videos", videos), ("regions", regions), ("patients", patients),
+                        ("not_scored", not_scored)):
         write_text(frame.to_csv(index=False), out / f"{name}.csv")
     write_json(result, out / "predictions.json")
     return result
@@ -177,6 +228,16 @@ def uncertainty_record(model, scorer: str, coverage: float | None) -> dict:
                      "on average over videos, not for each one; a region's set spans its videos' sets.")}
 
 
+def distribution_summary(videos: pd.DataFrame, model) -> dict:
+    """The videos flagged as unlike the training videos, and the threshold; ``checked`` False for older folders."""
+    if model.distribution is None:
+        return {"checked": False, "videos": len(videos), "flagged": [], "threshold": None}
+    flagged = videos.loc[~videos["in_distribution"].astype(bool)]
+    return {"checked": True, "videos": len(videos), "threshold": float(model.distribution.threshold_),
+            "flagged": [{"patient_id": row.patient_id, "video_id": row.video_id, "distance": round(float(row.distance), 4)}
+                        for row in flagged.itertuples(index=False)]}
+
+
 def summary_lines(result: dict) -> list[str]:
     lines = []
     for patient in result["patients"]:
@@ -192,6 +253,19 @@ def summary_lines(result: dict) -> list[str]:
                      f"global MAE {a['global_mae']:.2f} over {a['patients']} patient(s)")
     if result.get("uncertainty", {}).get("score_sets"):
         lines.append(f"{{...}}: score sets at {result['uncertainty']['coverage']:.0%} coverage (see predictions.json)")
+    check = result.get("in_distribution") or {}
+    if check.get("flagged"):
+        names = ", ".join(f"{v['patient_id']}/{v['video_id']} ({v['distance']:.2f})" for v in check["flagged"])
+        lines.append(f"warning: {len(check['flagged'])} of {check['videos']} videos look unlike the videos the model "
+                     f"was trained on (distance above {check['threshold']:.2f}): {names}; their scores are of a kind "
+                     "the model has never seen (another probe, hospital or body part?): do not trust them")
+    elif check and not check.get("checked"):
+        lines.append("note: this model folder has no distribution check (fitted by an older lusfeat): videos unlike "
+                     "the training data are not flagged; refit with lusfeat.fit to get it")
+    for message in result.get("warnings", []):
+        lines.append(f"warning: {message}")
+    for row in result.get("not_scored", []):
+        lines.append(f"not scored: {row['path']} (patient {row['patient_id']}, region {row['region']}): {row['reason']}")
     return lines
 
 
@@ -218,18 +292,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--strict", action="store_true", help="refuse the input, before any work, if any file "
+                        "cannot be read (default: score the others and list it as not scored)")
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
     start(args.verbose)
     try:
         result = predict(args.model, args.input, out=args.out, data_root=args.data_root, weights=args.weights,
                          frame_step=args.frame_step, input_size=args.input_size, rule=args.rule, scorer=args.scorer,
-                         batch_size=args.batch_size, coverage=args.coverage, progress=not args.no_progress)
+                         batch_size=args.batch_size, coverage=args.coverage, progress=not args.no_progress,
+                         strict=args.strict)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'predictions.json'} and frames/videos/regions/patients.csv")
+    print(f"wrote {Path(args.out) / 'predictions.json'} and frames/videos/regions/patients/not_scored.csv")
     return 0
 
 

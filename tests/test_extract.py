@@ -138,3 +138,40 @@ def test_xception_tap_maps_are_float16_and_resumable(two_patient_manifest, data_
     assert not (tmp_path / "xception.h5").exists()
     assert main(args) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_a_stream_that_ends_early_is_extracted_as_it_decodes_and_resumes(tmp_path, weights_dir, monkeypatch, caplog):
+    """Videos the test makes: one whole, one cut after its header announced 60 frames, an MPEG-1 one."""
+    from conftest import cut_file, moving_frames, write_video
+
+    whole = write_video(tmp_path / "L1.mp4", moving_frames(60, 96, 96), "libx264", options={"g": "12"},
+                        container_options={"movflags": "faststart"})
+    cut = cut_file(whole, tmp_path / "L2.mp4", 0.8)
+    write_video(tmp_path / "R1.mpeg", moving_frames(50, 96, 96, seed=1), "mpeg1video")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,region,score\nL1.mp4,1,L1,0\nL2.mp4,1,L2,1\nR1.mpeg,2,R1,2\n")
+    args = ["--manifest", str(manifest), "--data-root", str(tmp_path), "--backbone", "mobilenet",
+            "--weights", str(weights_dir), "--frame-step", "1", "--augment-copies", "0", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    from lusfeat.frames import media_info
+
+    decoded = media_info(cut).frames
+    assert 0 < decoded < 60
+    assert f"warning: L2.mp4: its container announces 60 frames but {decoded} decode" in caplog.text
+    features = load_features(tmp_path / "whole" / "mobilenet.h5")
+    assert features.frames.groupby("path")["frame_index"].max().to_dict() == {"L1.mp4": 59, "L2.mp4": decoded - 1,
+                                                                              "R1.mpeg": 49}
+    original_write = FeatureWriter.write
+
+    def dies_after_one_block(self, start, block):
+        if start > 0:
+            raise KeyboardInterrupt
+        original_write(self, start, block)
+
+    monkeypatch.setattr(FeatureWriter, "write", dies_after_one_block)
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(FeatureWriter, "write", original_write)
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 0
+    resumed = load_features(tmp_path / "cut" / "mobilenet.h5")
+    assert resumed.frames.equals(features.frames)
+    np.testing.assert_allclose(resumed.features, features.features, rtol=1e-6, atol=1e-6)

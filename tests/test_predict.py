@@ -128,6 +128,10 @@ def test_predict_two_held_out_videos_from_a_manifest(tiny_model, held_out, tmp_p
     assert (regions["pred"] - regions["truth"]).abs().max() <= 1
     patients = pd.read_csv(out / "patients.csv", dtype={"patient_id": str})
     assert patients["pred"].item() == regions["pred"].sum() and patients["regions"].item() == 2
+    assert len(pd.read_csv(out / "videos.csv")) == 2
+    videos = pd.read_csv(out / "videos.csv")
+    assert videos["in_distribution"].dtype == bool and (videos["distance"] > 0).all()
+    assert pd.read_csv(out / "not_scored.csv").empty
     result = json.loads((out / "predictions.json").read_text())
     assert result["model"]["backbone"] == "mobilenet" and result["frame_step"] == 2 and result["frames"] == 8
     patient = result["patients"][0]
@@ -162,7 +166,7 @@ def test_scorer_head_aggregates_the_paper_heads_frame_scores(tiny_model, held_ou
     # a paper-preset folder has no video model to score with
     paper = tmp_path / "paper_model"
     paper.mkdir()
-    for name in ("head.keras", "logreg.joblib"):
+    for name in ("head.keras", "logreg.joblib", "distribution.joblib"):
         (paper / name).write_bytes((tiny_model / name).read_bytes())
     info = json.loads((tiny_model / "model.json").read_text())
     (paper / "model.json").write_text(json.dumps({**info, "models": ["head", "logreg"], "primary": "head"}))
@@ -219,7 +223,7 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
     (broken / "model.json").write_text(json.dumps(record))
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
     assert "video.joblib not found: model.json lists the video model" in capsys.readouterr().err
-    for name in ("head.keras", "logreg.joblib", "video.joblib"):
+    for name in ("head.keras", "logreg.joblib", "video.joblib", "distribution.joblib"):
         (broken / name).write_bytes((tiny_model / name).read_bytes())
     (broken / "video.joblib").write_bytes(b"not a pickle")
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
@@ -292,3 +296,63 @@ def test_the_final_model_scores_with_calibrated_probabilities_and_score_sets(tin
     assert (half["set_size"].to_numpy() <= videos["set_size"].to_numpy()).all()
     assert main([*common, "--coverage", "90", "--out", str(tmp_path / "bad")]) == 1
     assert "--coverage 90" in capsys.readouterr().err
+
+
+def test_a_folder_of_mixed_files_scores_what_it_can(tiny_model, tiny_study, tmp_path, capsys):
+    """A video of the made-up study, a noise video, a cut video, a DICOM loop and an unreadable file, in one folder."""
+    pytest.importorskip("pydicom", reason="DICOM support is an optional extra: pip install 'lusfeat[dicom]'")
+    from conftest import SECRET_PATIENT, cut_file, dicom_dataset, moving_frames, write_video
+
+    folder = tmp_path / "patient_z"
+    folder.mkdir()
+    (folder / "L1.mp4").symlink_to(tiny_study["root"] / "videos" / "patient_7_L1.mp4")
+    noise = [np.random.default_rng(i).integers(0, 256, (120, 160, 3), dtype=np.uint8) for i in range(40)]
+    write_video(folder / "L2.mkv", noise, "libx264")
+    whole = write_video(tmp_path / "whole.mp4", moving_frames(60, 96, 96), "libx264",
+                        options={"g": "12"}, container_options={"movflags": "faststart"})
+    cut_file(whole, folder / "L3.mp4", 0.8)
+    dicom_dataset(moving_frames(20, 96, 96)).save_as(folder / "R1.dcm", enforce_file_format=True)
+    (folder / "R2.mp4").write_bytes(b"this is not a video" * 40)
+    out = tmp_path / "out"
+    common = ["--model", str(tiny_model), str(folder), "--weights", str(tiny_study["weights"]), "--frame-step", "2",
+              "--no-progress"]
+    assert main([*common, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not scored: R2.mp4 (patient patient_z, region R2): cannot open as image or video" in printed
+    assert "L3.mp4: its container announces 60 frames but" in printed and "the stream ends early" in printed
+    not_scored = pd.read_csv(out / "not_scored.csv")
+    assert not_scored["path"].tolist() == ["R2.mp4"] and not_scored["reason"].str.contains("cannot open").all()
+    videos = pd.read_csv(out / "videos.csv").set_index("region")
+    assert sorted(videos.index) == ["L1", "L2", "L3", "R1"]
+    # Noise is farther from the training videos than a video like them (whether it passes the threshold of a
+    # model fitted on four made-up patients is not tested here: benchmarks/in_distribution.py measures it on real folds).
+    assert videos.loc["L2", "distance"] > videos.loc["L1", "distance"]
+    threshold = json.loads((tiny_model / "model.json").read_text())["distribution"]["threshold"]
+    assert (videos["in_distribution"] == (videos["distance"] <= threshold)).all()
+    result = json.loads((out / "predictions.json").read_text())
+    assert [row["path"] for row in result["not_scored"]] == ["R2.mp4"] and len(result["warnings"]) == 1
+    assert result["in_distribution"]["checked"] and result["in_distribution"]["threshold"] == pytest.approx(threshold)
+    frames = pd.read_csv(out / "frames.csv")
+    assert frames.groupby("path")["frame_index"].max().to_dict()["R1.dcm"] == 18
+    # Nothing of the DICOM file's patient reaches any output.
+    written = "".join(file.read_text() for file in out.iterdir())
+    for value in SECRET_PATIENT.values():
+        assert value not in written and value.split("^")[0] not in written
+    # --strict refuses the input before any work, naming the file; a folder of unreadable files scores nothing.
+    assert main([*common, "--out", str(tmp_path / "strict"), "--strict"]) == 1
+    error = capsys.readouterr().err
+    assert "R2.mp4' is not a readable image or video" in error and not (tmp_path / "strict").exists()
+
+
+def test_summary_warns_of_videos_unlike_the_training_data_and_of_folders_without_the_check():
+    from lusfeat.predict import summary_lines
+
+    flagged = {"checked": True, "videos": 3, "threshold": 2.5,
+               "flagged": [{"patient_id": "p1", "video_id": "L2", "distance": 9.87}]}
+    lines = summary_lines({"patients": [], "agreement": None, "in_distribution": flagged, "warnings": [],
+                           "not_scored": [{"path": "x.mp4", "patient_id": "p1", "region": "R1", "reason": "zero frames"}]})
+    assert lines[0].startswith("warning: 1 of 3 videos look unlike the videos the model was trained on (distance "
+                               "above 2.50): p1/L2 (9.87)")
+    assert lines[1] == "not scored: x.mp4 (patient p1, region R1): zero frames"
+    old = summary_lines({"patients": [], "agreement": None, "in_distribution": {"checked": False}})
+    assert old and "has no distribution check" in old[0]

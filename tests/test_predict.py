@@ -57,6 +57,15 @@ def test_folder_manifest_reads_files_by_content(tmp_path: Path):
     assert folder_manifest(tmp_path)[["path", "region"]].values.tolist() == [["L2.mkv", "L2"], ["R1", "R1"]]
 
 
+def test_folder_manifest_takes_dicom_files_with_and_without_suffix(tmp_path: Path):
+    pytest.importorskip("pydicom", reason="DICOM support is an optional extra: pip install 'lusfeat[dicom]'")
+    from conftest import dicom_dataset, moving_frames
+
+    dicom_dataset(moving_frames(3)).save_as(tmp_path / "L1.dcm", enforce_file_format=True)
+    dicom_dataset(moving_frames(3)).save_as(tmp_path / "R2", enforce_file_format=True)  # as archives name them
+    assert folder_manifest(tmp_path)[["path", "region"]].values.tolist() == [["L1.dcm", "L1"], ["R2", "R2"]]
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tiny_study_run: Path) -> Path:
     """lusfeat.fit's fold-1 model folder of the made-up study (trained on four of patients 1-6; 7 held out)."""

@@ -130,3 +130,14 @@ def test_a_stream_cut_after_its_header_gives_the_frames_that_decode(tmp_path, na
     assert [index for index, _ in iter_frames(cut, [0, info.frames - 1])] == [0, info.frames - 1]
     with pytest.raises(LusfeatError, match=f"{name}: ended after 0 of the 1 wanted frames"):
         list(iter_frames(cut, [info.frames]))
+
+
+def test_dicom_without_pydicom_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if the dicom extra were not installed
+    file = tmp_path / "IM0001"
+    file.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    assert probe_media(file) == 'a DICOM file, and DICOM support is not installed: pip install "lusfeat[dicom]"'
+    with pytest.raises(LusfeatError, match=r"IM0001: a DICOM file, and DICOM support is not installed"):
+        media_info(file)

@@ -97,3 +97,19 @@ def test_calibration_benchmark_tabulates_a_fit_run(synthetic_fit_run: Path, tmp_
     assert 1 <= video["video_mean_set_size"] <= 4 and record["ece_bins"]["videos"] >= 1
     assert "video coverage" in capsys.readouterr().out
     assert calibration.main(["--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+
+
+def test_in_distribution_writes_a_complete_record(six_patient_features: Path, weights_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import in_distribution
+
+    out = tmp_path / "in_distribution.json"
+    code = in_distribution.main(["--features", str(six_patient_features), "--weights", str(weights_dir),
+                                 "--seeds", "0", "--folds", "2", "--videos-per-kind", "1", "--out", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "in_distribution" and record["patients"] == 6
+    assert record["non_lung"]["videos"] == len(in_distribution.NON_LUNG_KINDS)
+    default = record["variants"]["default"]["seeds"]["0"]
+    assert len(default["per_fold"]) == 2 and default["test_videos"] == record["videos"]
+    assert 0 <= default["flag_rate"] <= 1 and default["non_lung_checks"] == 2 * len(in_distribution.NON_LUNG_KINDS)
+    assert set(record["variants"]) == set(in_distribution.VARIANTS)

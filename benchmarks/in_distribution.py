@@ -9,7 +9,8 @@ On a real feature cache (``lusfeat.extract``'s HDF5 file), with the folds ``lusf
 - fit ``VideoDistribution`` with ``lusfeat.fit``'s settings (``FitParams(seed=seed).distribution()``)
   on the training patients' videos (copy 0), as ``lusfeat.fit`` does;
 - **held-out flag rate**: the share of the test fold's COVID-BLUES videos flagged (distance above
-  the threshold); the threshold is meant to flag about 5% of them;
+  the threshold); the threshold is meant to flag about 5% of them; and the same with each video
+  cut to its first frame (what a still image of it would give);
 - **non-lung videos**: videos this script makes, that are clearly not lung ultrasound (uniform
   colour noise, grey noise, 1/f "natural-statistics" noise, drawn outdoor scenes, photographs
   shipped with matplotlib panned and zoomed, a constant grey frame), embedded by the cache's own
@@ -46,7 +47,7 @@ SIZE = (240, 320)  # height, width of the videos made here
 # name -> VideoDistribution settings changed from lusfeat.fit's (FitParams) defaults
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "mean pooling only": {"pooling": ("mean",)},
+    "mean, std pooling": {"pooling": ("mean", "std")},
     "mean, std, max pooling": {"pooling": ("mean", "std", "max")},
     "5 components": {"components": 5},
     "20 components": {"components": 20},
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     frames = features.frames.reset_index(drop=True)
     X = features.features[0]
     scores = frames["score"].to_numpy()
+    first = (frames.groupby(["patient_id", "video_id"]).cumcount() == 0).to_numpy()  # each video's first frame
     seeds = [int(seed) for seed in args.seeds.split(",")]
     kinds = NON_LUNG_KINDS if args.videos_per_kind else ()
     with tempfile.TemporaryDirectory(prefix="lusfeat-nonlung-") as scratch:
@@ -214,8 +216,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model = params.distribution().fit(X[train], scores[train], **video_fit_arguments(frames[train]))
                 held_out = distribution_table(model, X[test], frames[test])
                 flagged = int((~held_out["in_distribution"]).sum())
+                single = distribution_table(model, X[test & first], frames[test & first])  # a still image of each
                 item = {"fold": fold, "threshold": model.threshold_, "test_videos": len(held_out), "flagged": flagged,
                         "flag_rate": flagged / len(held_out),
+                        "single_frame_flagged": int((~single["in_distribution"]).sum()),
                         "inner_flag_rate": float((model.inner_distances_ > model.threshold_).mean()),
                         "held_out_distance_median": float(held_out["distance"].median())}
                 if kinds:
@@ -230,8 +234,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_fold.append(item)
             videos = sum(item["test_videos"] for item in per_fold)
             flagged = sum(item["flagged"] for item in per_fold)
+            single = sum(item["single_frame_flagged"] for item in per_fold)
             entry["seeds"][str(seed)] = {
                 "per_fold": per_fold, "test_videos": videos, "flagged": flagged, "flag_rate": flagged / videos,
+                "single_frame_flag_rate": single / videos,
                 "non_lung_checks": non_lung_checks,
                 "non_lung_flagged": sum(kinds_flagged.values()),
                 "non_lung_flag_rate": sum(kinds_flagged.values()) / non_lung_checks if non_lung_checks else None,
@@ -240,6 +246,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         rates = [item["flag_rate"] for item in entry["seeds"].values()]
         entry["flag_rate_mean"], entry["flag_rate_sd"] = float(np.mean(rates)), float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0
+        entry["single_frame_flag_rate_mean"] = float(np.mean([item["single_frame_flag_rate"]
+                                                              for item in entry["seeds"].values()]))
         if kinds:
             entry["non_lung_flag_rate"] = (sum(item["non_lung_flagged"] for item in entry["seeds"].values())
                                            / sum(item["non_lung_checks"] for item in entry["seeds"].values()))
@@ -256,6 +264,7 @@ def render(record: dict[str, Any]) -> str:
     for seed, entry in default["seeds"].items():
         rows.append([seed, ", ".join(f"{100 * item['flag_rate']:.1f}%" for item in entry["per_fold"]),
                      f"{entry['flagged']} / {entry['test_videos']}", f"{100 * entry['flag_rate']:.1f}%",
+                     f"{100 * entry['single_frame_flag_rate']:.1f}%",
                      ", ".join(f"{item['threshold']:.2f}" for item in entry["per_fold"]),
                      "n/a" if entry["non_lung_flag_rate"] is None else
                      f"{entry['non_lung_flagged']} / {entry['non_lung_checks']} ({100 * entry['non_lung_flag_rate']:.0f}%)",
@@ -263,7 +272,8 @@ def render(record: dict[str, Any]) -> str:
                      f"{entry['non_lung_min_distance_over_threshold']:.2f}"])
     lines.append("Default (lusfeat.fit's FitParams): held-out COVID-BLUES videos flagged, and made-up non-lung videos "
                  "flagged (each checked by each fold's model)")
-    lines.append(format_table(["seed", "held-out rate per fold", "held-out flagged", "held-out rate", "thresholds",
+    lines.append(format_table(["seed", "held-out rate per fold", "held-out flagged", "held-out rate",
+                               "held-out first frame alone", "thresholds",
                                "non-lung flagged", "min non-lung distance / threshold"], rows))
     kinds = record["non_lung"]["kinds"]
     if kinds:
@@ -274,10 +284,12 @@ def render(record: dict[str, Any]) -> str:
                   format_table(["kind", "flagged", "checks"], per_kind)]
     variants = [[name, f"{100 * entry['flag_rate_mean']:.1f}% ± {100 * entry['flag_rate_sd']:.1f}",
                  ", ".join(f"{100 * item['flag_rate']:.1f}%" for item in entry["seeds"].values()),
+                 f"{100 * entry['single_frame_flag_rate_mean']:.1f}%",
                  "n/a" if "non_lung_flag_rate" not in entry else f"{100 * entry['non_lung_flag_rate']:.0f}%"]
                 for name, entry in record["variants"].items()]
-    lines += ["", "Variants (same folds): held-out flag rate mean ± sd over seeds, per seed, non-lung flagged",
-              format_table(["variant", "held-out rate", "per seed", "non-lung flagged"], variants)]
+    lines += ["", "Variants (same folds): held-out flag rate mean ± sd over seeds, per seed, first frames alone "
+              "(mean over seeds), non-lung flagged",
+              format_table(["variant", "held-out rate", "per seed", "first frame alone", "non-lung flagged"], variants)]
     return "\n".join(lines)
 
 

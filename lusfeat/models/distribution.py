@@ -6,7 +6,8 @@ another machine, another body part or no ultrasound at all gets a confident 0-3 
 tells for a new video how far outside that it is.
 
 - Each video becomes one row: the statistics of its frames' features (``pooling``, as
-  :func:`lusfeat.models.video.pool_videos`; copy 0, the frames as they are).
+  :func:`lusfeat.models.video.pool_videos`; copy 0, the frames as they are). The default, the
+  mean, also suits a still image (one frame, whose standard deviation would be 0).
 - Rows are standardised, then a PCA of ``n_components`` (at most half the training videos)
   keeps the directions the training videos vary along. Column variances are shrunk toward their
   mean by ``shrinkage``, so that a column the few training videos barely vary in does not make
@@ -84,7 +85,7 @@ class VideoDistribution(BaseEstimator):
     :meth:`predict_videos` answer per video, :meth:`predict` per frame (True: in distribution).
     """
 
-    def __init__(self, *, pooling: tuple[str, ...] = ("mean", "std"), n_components: int = 10, shrinkage: float = 0.1,
+    def __init__(self, *, pooling: tuple[str, ...] = ("mean",), n_components: int = 10, shrinkage: float = 0.1,
                  quantile: float = 0.95, inner_folds: int = 3, random_state: int | None = None) -> None:
         self.pooling = pooling
         self.n_components = n_components

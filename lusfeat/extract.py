@@ -28,7 +28,7 @@ from lusfeat.cli import add_frame_arguments, add_verbose_argument, start
 from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames, set_tf_threads
 from lusfeat.errors import LusfeatError
 from lusfeat.manifest import file_sha256, read_manifest
-from lusfeat.shards import extract_shard, merge_shards, parse_shard, plan_shard
+from lusfeat.shards import extract_shard, merge_shards, parse_shard, plan_shard, split_patients
 
 log = logging.getLogger("lusfeat.extract")
 DEFAULT_BACKBONES = ("xception",)  # the backbone of the README's main job and results
@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((spec, source, config))
         log.info("%d frames from %d files of %d patients; %d copies each",
                  len(frames), len(manifest), manifest["patient_id"].nunique(), args.augment_copies + 1)
+        if args.dask and args.shards:
+            split_patients(frames, args.shards)  # an impossible count is said before a cluster starts
         if shard:
             plan = plan_shard(frames, *shard)
             log.info("shard %d of %d: %d frames of %d patients (frames per shard: %s)", *shard, len(plan.rows),

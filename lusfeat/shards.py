@@ -207,18 +207,18 @@ def _read_shard(path: Path) -> _Shard:
 
 def _check_together(shards: list[_Shard], out_path: Path) -> list[str]:
     """Refuse shards that do not make one file; return warnings for what only changes the last bits."""
-    by_index: dict[int, _Shard] = {}
-    for shard in shards:
-        if shard.index in by_index:
-            raise LusfeatError(f"shard {shard.index} of {shard.count} is listed twice: {by_index[shard.index].path} and "
-                               f"{shard.path}; keep one of them")
-        by_index[shard.index] = shard
     counts = sorted({shard.count for shard in shards})
     if len(counts) > 1:
         listing = "; ".join(f"{shard.path.name}: of {shard.count}" for shard in shards)
         raise LusfeatError(f"shards of different splits ({listing}): merge the shards of one split, and remove the "
                            "others' files")
     count = counts[0]
+    by_index: dict[int, _Shard] = {}
+    for shard in shards:
+        if shard.index in by_index:
+            raise LusfeatError(f"shard {shard.index} of {shard.count} is listed twice: {by_index[shard.index].path} and "
+                               f"{shard.path}; keep one of them")
+        by_index[shard.index] = shard
     for index in range(1, count + 1):
         if index not in by_index:
             expected = shard_path(out_path, index, count)

@@ -97,3 +97,26 @@ def test_calibration_benchmark_tabulates_a_fit_run(synthetic_fit_run: Path, tmp_
     assert 1 <= video["video_mean_set_size"] <= 4 and record["ece_bins"]["videos"] >= 1
     assert "video coverage" in capsys.readouterr().out
     assert calibration.main(["--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+
+
+@pytest.mark.slow
+def test_shards_benchmark_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path) -> None:
+    """Without Dask and on 2 patients' every 90th frame: the configurations run, the files agree bitwise."""
+    from benchmarks import shards
+
+    out = tmp_path / "shards.json"
+    code = shards.main([
+        "--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet", "--patients", "1,9",
+        "--frame-step", "90", "--no-dask", "--merge-frames", "300", "--merge-dims", "256", "--machines", "1,4",
+        "--work-dir", str(tmp_path), "--out", str(out),
+    ])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "shards" and record["machine"]["nproc"] >= 1
+    entry = record["backbones"]["mobilenet"]
+    assert set(entry["summary"]) == {"1 x 2", "2 x 1", "2 in sequence"}
+    assert all(positive(row["wall_seconds"]) and positive(row["wall_ratio_to_1x2"]) for row in entry["summary"].values())
+    assert entry["bitwise"]["2 in sequence == 1 x 2 (2 threads)"] is True
+    assert positive(record["merge"][0]["seconds_per_10k_frames"])
+    assert [row["machines"] for row in entry["estimate"]["machines"]] == [1, 4]
+    assert entry["estimate"]["machines"][1]["speed_up"] > 1

@@ -87,7 +87,7 @@ def build_merge_parser() -> argparse.ArgumentParser:
 
 def merge_main(argv: list[str]) -> int:
     args = build_merge_parser().parse_args(argv)
-    start(args.verbose)
+    start(args.verbose, tensorflow=False)  # the merge copies arrays: no network
     out = Path(args.out)
     try:
         if args.shards:

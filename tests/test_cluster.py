@@ -21,6 +21,8 @@ pytest.importorskip("distributed", reason="Dask is an optional extra: pip instal
 
 from lusfeat.extract import main  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Dask worker processes each start TensorFlow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

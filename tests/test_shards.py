@@ -83,6 +83,7 @@ def sharded(blues_manifest: pd.DataFrame, data_root: Path, weights_dir: Path,
             "folder": folder}
 
 
+@pytest.mark.slow  # the sharded fixture extracts
 def test_merged_shards_are_the_unsharded_file_bitwise(sharded, capsys):
     before = fingerprint(sharded["shards"])
     assert len(before) == 3
@@ -102,6 +103,7 @@ def test_merged_shards_are_the_unsharded_file_bitwise(sharded, capsys):
     assert "up to date" in capsys.readouterr().out and merged.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # the sharded fixture extracts
 def test_a_shard_is_a_feature_file_of_its_patients(sharded):
     shard = load_features(sharded["shards"] / "mobilenet.shard-2-of-3.h5")
     whole = load_features(sharded["whole"])
@@ -154,6 +156,7 @@ def _set_attr(path: Path, key: str, value) -> None:
         handle.attrs[key] = value
 
 
+@pytest.mark.slow  # the sharded fixture extracts
 def test_merge_refusals_name_the_shard(sharded, tmp_path, capsys):
     out = _copy_shards(sharded, tmp_path / "s")
     before = fingerprint(out)
@@ -217,6 +220,7 @@ def test_merge_refusals_name_the_shard(sharded, tmp_path, capsys):
     assert not list(out.glob(".partial-*"))
 
 
+@pytest.mark.slow  # the sharded fixture extracts
 def test_merge_keeps_an_existing_file_and_writes_atomically(sharded, tmp_path, monkeypatch, capsys):
     out = _copy_shards(sharded, tmp_path / "s")
     target = out / "mobilenet.h5"
@@ -242,6 +246,7 @@ def test_merge_keeps_an_existing_file_and_writes_atomically(sharded, tmp_path, m
     assert_same_file(target, sharded["whole"])
 
 
+@pytest.mark.slow  # the sharded fixture extracts
 def test_shard_options_are_checked(sharded, data_root, weights_dir, tmp_path, capsys):
     manifest = sharded["manifest"]
     assert _extract(manifest, data_root, weights_dir, tmp_path, "--shard", "4/3") == 1

@@ -2,9 +2,13 @@
 
 - :func:`plan_frames` / :func:`plan_media`: the per-frame table of a manifest (one row per frame to
   embed), each file's frames counted by decoding it, so a stream that ends early is planned as it decodes;
-- :func:`iter_images` / :func:`iter_blocks`: each file decoded once, frames resized and augmented,
+- :func:`iter_images` / :func:`iter_spans`: each file decoded once, frames resized and augmented,
   in blocks, in a background thread (:func:`prefetch`) that stays a bounded number of blocks
   ahead of the network, so memory is flat in the number of frames and the cores stay busy;
+- :func:`plan_spans`: which network batches compute a set of frames (a shard's) exactly as a
+  run over the whole table does;
+- :func:`set_tf_threads` / :func:`tf_threads`: TensorFlow's thread count, which a file records
+  (it changes the last bits of the features);
 - :class:`Embedder`: a compiled ``uint8 images -> features`` call on fixed-size batches;
 - :func:`write_features`: the resumable write loop shared by every feature file (backbones,
   and the experiments' lung crops and hand-made signal); :func:`extract_backbone` for one backbone;
@@ -14,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,18 +127,54 @@ def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params:
             yield augmented_copies(rgb, frame_key(path, index), copies, seed, params)
 
 
-def iter_blocks(frames: pd.DataFrame, start: int, block: int, size: int, copies: int, seed: int,
-                params: AugmentParams, transform: FrameTransform | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, images[n, copies, size, size, 3])`` blocks of consecutive frames from ``start``."""
-    images = iter_images(frames.iloc[start:], size, copies, seed, params, transform)
-    position = start
-    while position < len(frames):
-        n = min(block, len(frames) - position)
-        batch = np.empty((n, copies, size, size, 3), np.uint8)
-        for i in range(n):
-            batch[i] = next(images)
-        yield position, batch
-        position += n
+@dataclass(frozen=True)
+class Span:
+    """One step of the write loop: the images of one network block that hold the frames to write.
+
+    Blocks are ``block`` consecutive frames of the whole table, counted from frame 0; a block's
+    images (frame-major, ``copies`` per frame) go through the network in batches of
+    ``batch_size`` from the block's first image, the last one padded. A span is the run of whole
+    batches of one block that covers the wanted frames ``rows``: computing exactly those batches
+    gives every frame the very bits it gets in a run over the whole table, whatever runs around it
+    (a frame's output depends, in the last float bits, on its batch neighbours and place).
+    """
+
+    first: int  # first frame (row of the whole table) decoded
+    stop: int  # one past the last frame decoded
+    skip: int  # images of the decoded frames before the span's first batch
+    images: int  # images in the span (whole batches, or to the block's end)
+    rows: np.ndarray  # the wanted frames in the span (rows of the whole table), in order
+
+
+def plan_spans(total: int, rows: np.ndarray, block: int, copies: int, batch_size: int) -> list[Span]:
+    """The spans that compute ``rows`` (sorted rows of a ``total``-frame table) exactly as a whole run would."""
+    spans = []
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows[0] < 0 or rows[-1] >= total or (np.diff(rows) <= 0).any()):
+        raise ValueError("rows must be increasing rows of the table")
+    blocks = rows // block
+    cuts = np.flatnonzero(np.diff(blocks)) + 1
+    for wanted in np.split(rows, cuts) if len(rows) else []:
+        start = int(wanted[0] // block) * block
+        n_images = (min(start + block, total) - start) * copies
+        first_batch = (int(wanted[0]) - start) * copies // batch_size
+        last_batch = ((int(wanted[-1]) - start + 1) * copies - 1) // batch_size
+        begin, end = first_batch * batch_size, min((last_batch + 1) * batch_size, n_images)
+        first, stop = start + begin // copies, start + -(-end // copies)
+        spans.append(Span(first, stop, begin - (first - start) * copies, end - begin, wanted))
+    return spans
+
+
+def iter_spans(frames: pd.DataFrame, spans: list[Span], size: int, copies: int, seed: int, params: AugmentParams,
+               transform: FrameTransform | None = None) -> Iterator[tuple[Span, np.ndarray]]:
+    """``(span, images[span.images, size, size, 3])`` per span; each file decoded once, in table order."""
+    needed = np.concatenate([np.arange(span.first, span.stop) for span in spans]) if spans else np.zeros(0, int)
+    images = iter_images(frames.iloc[needed], size, copies, seed, params, transform)
+    for span in spans:
+        decoded = np.empty(((span.stop - span.first) * copies, size, size, 3), np.uint8)
+        for i in range(span.stop - span.first):
+            decoded[i * copies:(i + 1) * copies] = next(images)
+        yield span, decoded[span.skip:span.skip + span.images]
 
 
 def prefetch(blocks: Iterator, depth: int) -> Iterator:
@@ -230,38 +272,63 @@ def write_features(
     overwrite: bool = False,
     progress: bool = True,
     item_shape: tuple[int, ...] | None = None,
+    rows: np.ndarray | None = None,
+    batch_size: int = 1,
+    record: dict[str, Any] | None = None,
+    must_match: dict[str, Any] | None = None,
+    extra_datasets: dict[str, np.ndarray] | None = None,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> ExtractionSummary:
     """Write (or resume, or confirm) one feature file: frames -> images -> ``embed`` -> HDF5.
 
     ``make_embed()`` is called only when there is work to do; its result maps uint8 images
     ``(n, size, size, 3)`` to features ``(n, dim)`` (or, for a tap file, maps ``(n, *item_shape)``). Shared by backbones, lung crops and the
     hand-made LUS signal, so all get the same resume, prefetch and progress behaviour.
+
+    ``rows`` (increasing rows of ``frames``) writes only those frames, as a shard does; they are
+    computed in the very batches of a run over all of ``frames`` (:func:`plan_spans`: ``embed``
+    must batch ``batch_size`` images at a time from its input's start, as :class:`Embedder` does).
+    ``record`` and ``extra_datasets`` are stored in a new file; ``must_match`` attrs are checked
+    against an existing one (see :class:`FeatureWriter`). ``on_block(frames_done, frames)`` is
+    called when the file is opened and after each block is stored.
     """
     from tqdm.auto import tqdm
 
     params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
-    with FeatureWriter(out_path, config, frames, overwrite=overwrite, weights_source=weights_source,
-                       item_shape=item_shape) as writer:
+    rows = np.arange(len(frames)) if rows is None else np.asarray(rows, dtype=np.int64)
+    own = frames if len(rows) == len(frames) else frames.iloc[rows].reset_index(drop=True)
+    with FeatureWriter(out_path, config, own, overwrite=overwrite, weights_source=weights_source,
+                       item_shape=item_shape, record=record, must_match=must_match,
+                       extra_datasets=extra_datasets) as writer:
         start = writer.frames_done
+        if on_block is not None:
+            on_block(start, len(own))
         if writer.complete:
-            return ExtractionSummary(name, out_path, len(frames), config.copies, 0.0, 0,
+            return ExtractionSummary(name, out_path, len(own), config.copies, 0.0, 0,
                                      out_path.stat().st_size / 1e6, "up to date")
         status = "resumed" if start else "written"
         embed = make_embed()
         began = time.perf_counter()
-        blocks = prefetch(iter_blocks(frames, start, block, config.input_size, config.copies,
-                                       config.seed, params, transform), QUEUE_BLOCKS)
-        with tqdm(total=len(frames), initial=start, unit="frame", desc=name, disable=not progress,
+        spans = plan_spans(len(frames), rows[start:], block, config.copies, batch_size)
+        blocks = prefetch(iter_spans(frames, spans, config.input_size, config.copies, config.seed, params, transform),
+                          QUEUE_BLOCKS)
+        copies = config.copies
+        with tqdm(total=len(own), initial=start, unit="frame", desc=name, disable=not progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
-            for position, images in blocks:
-                n, copies = images.shape[:2]
-                features = np.asarray(embed(images.reshape(n * copies, *images.shape[2:])))
-                features = features.reshape(n, copies, *features.shape[1:]).swapaxes(0, 1)
-                writer.write(position, features.astype(config.dtype, copy=False))
-                bar.update(n)
+            position = start
+            for span, images in blocks:
+                computed = np.asarray(embed(images))
+                # Image i of the span is copy (skip + i) % copies of frame first + (skip + i) // copies.
+                at = (span.rows - span.first) * copies - span.skip
+                picked = computed[at[:, None] + np.arange(copies)]  # (frames, copies, *item)
+                writer.write(position, picked.swapaxes(0, 1).astype(config.dtype, copy=False))
+                position += len(span.rows)
+                bar.update(len(span.rows))
+                if on_block is not None:
+                    on_block(position, len(own))
         seconds = time.perf_counter() - began
         path = writer.finish()
-    return ExtractionSummary(name, path, len(frames), config.copies, seconds, len(frames) - start,
+    return ExtractionSummary(name, path, len(own), config.copies, seconds, len(own) - start,
                              path.stat().st_size / 1e6, status)
 
 
@@ -276,23 +343,80 @@ def extract_backbone(
     overwrite: bool = False,
     progress: bool = True,
     transform: FrameTransform | None = None,
+    rows: np.ndarray | None = None,
+    record: dict[str, Any] | None = None,
+    must_match: dict[str, Any] | None = None,
+    extra_datasets: dict[str, np.ndarray] | None = None,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> ExtractionSummary:
-    """Write (or resume, or confirm) the feature file of one backbone (its tap maps if ``config.tap``)."""
+    """Write (or resume, or confirm) the feature file of one backbone (its tap maps if ``config.tap``).
+
+    With ``rows`` only those frames of ``frames`` (a shard), computed in the batches of a whole run.
+    The file records ``batch_size`` and TensorFlow's thread count (:func:`compute_record`).
+    """
     # Whole network batches per block, so that only the very last batch is padded.
     block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
+    options = {"weights_source": source.description, "transform": transform, "block": block,
+               "overwrite": overwrite, "progress": progress, "rows": rows, "batch_size": batch_size,
+               "record": {**compute_record(batch_size), **(record or {})}, "must_match": must_match,
+               "extra_datasets": extra_datasets, "on_block": on_block}
     if config.tap:
         # Built now: the file's map shape comes from the network (a few seconds, against minutes of maps).
         model = build_tap_extractor(spec, source, config.tap, config.input_size, config.precision)
         return write_features(frames, config, out_path, lambda: Embedder(model, batch_size),
-                              name=f"{spec.name}-{config.tap}", weights_source=source.description,
-                              transform=transform, block=block, overwrite=overwrite, progress=progress,
-                              item_shape=tuple(model.output_shape[1:]))
+                              name=f"{spec.name}-{config.tap}", item_shape=tuple(model.output_shape[1:]), **options)
 
     def make_embed() -> Embedder:
         return Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
 
-    return write_features(frames, config, out_path, make_embed, name=spec.name, weights_source=source.description,
-                          transform=transform, block=block, overwrite=overwrite, progress=progress)
+    return write_features(frames, config, out_path, make_embed, name=spec.name, **options)
+
+
+TF_THREADS_ENV = "TF_NUM_INTRAOP_THREADS"
+
+
+def set_tf_threads(threads: int) -> None:
+    """Make TensorFlow compute with ``threads`` threads (intra- and inter-op); before it starts, or the same count.
+
+    Set through TensorFlow's own environment variables, so that it holds however TensorFlow is
+    first used in this process; once TensorFlow runs, another count is refused.
+    """
+    if threads < 1:
+        raise LusfeatError(f"--threads {threads}: give 1 or more TensorFlow threads")
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        if tf_threads() != threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError as error:
+                raise LusfeatError(f"TensorFlow already runs with {tf_threads()} threads in this process, not "
+                                   f"{threads}: start a new process (or worker) for --threads {threads}") from error
+    os.environ[TF_THREADS_ENV] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+
+
+def tf_threads() -> int:
+    """The intra-op thread count TensorFlow computes with in this process (its default: the usable cores)."""
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        configured = tf.config.threading.get_intra_op_parallelism_threads()
+        if configured:
+            return configured
+    if os.environ.get(TF_THREADS_ENV, "").strip().isdigit() and int(os.environ[TF_THREADS_ENV]) > 0:
+        return int(os.environ[TF_THREADS_ENV])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def compute_record(batch_size: int) -> dict[str, int]:
+    """What, besides the settings, fixes a feature's last bits: the network batch and TensorFlow's threads.
+
+    Measured (docs/distributed.md): MobileNet features of one image differ by up to ~1e-6 with
+    its place and neighbours in a batch, and between 1 and 2 threads. Stored as attrs of every
+    new file; a merge checks its shards agree.
+    """
+    return {"batch_size": int(batch_size), "tf_threads": tf_threads()}
 
 
 def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | None, dtype: str,

@@ -2,11 +2,17 @@
 
     python -m lusfeat.extract [--manifest data_manifest.csv] [--backbone xception]
         [--weights imagenet|none|FILE|DIR] [--augment-copies 2] [--frame-step 1] [--out features/]
-        [--tap NAME]
+        [--tap NAME] [--threads T] [--shard K/N | --dask ADDRESS|local:N [--shards N]]
+    python -m lusfeat.extract merge OUT [--backbone NAME,...] [--tap NAME] [--shards FILE ...] [--overwrite]
 
 With ``--tap NAME`` it stores the backbone's intermediate activation map NAME (float16 by
 default) in ``OUT/<backbone>-<tap>.h5`` instead of pooled features, for the fine-tuning
 experiment (``lusfeat.experiments.finetune``). The engine is :mod:`lusfeat.embed`.
+
+``--shard K/N`` extracts shard K of N (whole patients, balanced by frames) into
+``OUT/<backbone>.shard-K-of-N.h5``; ``merge OUT`` joins the N shards into ``OUT/<backbone>.h5``,
+bitwise the file of an unsharded run (:mod:`lusfeat.shards`). ``--dask`` runs the shards as tasks
+on a Dask cluster and merges them (:mod:`lusfeat.cluster`; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from pathlib import Path
 from lusfeat.augment import AugmentParams
 from lusfeat.backbones import BACKBONES, PRECISIONS, fetch_weights, get_spec, get_tap, resolve_weights
 from lusfeat.cli import add_frame_arguments, add_verbose_argument, start
-from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames
+from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames, set_tf_threads
 from lusfeat.errors import LusfeatError
 from lusfeat.manifest import file_sha256, read_manifest
+from lusfeat.shards import extract_shard, merge_shards, parse_shard, plan_shard, split_patients
 
 log = logging.getLogger("lusfeat.extract")
 DEFAULT_BACKBONES = ("xception",)  # the backbone of the README's main job and results
@@ -50,18 +57,99 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backbone compute type; bfloat16 is 1.3-2x faster on CPUs with AVX-512 BF16, features "
                         "within cosine 0.999 of float32 for xception/vgg16 (default: %(default)s)")
     parser.add_argument("--out", default="features", help="output folder, one <backbone>.h5 each (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: the usable cores; "
+                        "with --dask local:N the cores over N); recorded in the file, as it changes the last bits")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--shard", default=None, metavar="K/N", help="extract shard K of N only (whole patients, balanced "
+                       "by frames) into OUT/<backbone>.shard-K-of-N.h5; then: python -m lusfeat.extract merge OUT")
+    where.add_argument("--dask", default=None, metavar="ADDRESS|local:N", help="run the shards as tasks on the Dask "
+                       "scheduler at ADDRESS (workers see the same files), or on N local worker processes; merge at "
+                       "the end (needs lusfeat[dask]; docs/distributed.md)")
+    parser.add_argument("--shards", type=int, default=None, metavar="N", help="with --dask: number of shards "
+                        "(default: one per worker); rerun with the same N to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbose_argument(parser)
     return parser
 
 
+def build_merge_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.extract merge",
+                                     description="join the shard files OUT/<backbone>.shard-K-of-N.h5 into OUT/<backbone>.h5")
+    parser.add_argument("out", help="the folder holding the shards (the --out of the shard runs)")
+    parser.add_argument("--backbone", default="", help="comma-separated (default: every backbone with shards in OUT)")
+    parser.add_argument("--tap", default="", metavar="NAME", help="merge the shards of OUT/<backbone>-<tap>.h5")
+    parser.add_argument("--shards", nargs="+", default=None, metavar="FILE",
+                        help="these shard files of one backbone (default: all found in OUT)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<backbone>.h5 of other settings")
+    add_verbose_argument(parser)
+    return parser
+
+
+def merge_main(argv: list[str]) -> int:
+    args = build_merge_parser().parse_args(argv)
+    start(args.verbose, tensorflow=False)  # the merge copies arrays: no network
+    out = Path(args.out)
+    try:
+        if args.shards:
+            stems = {Path(path).name.split(".shard-")[0] for path in args.shards}
+            if len(stems) != 1:
+                raise LusfeatError(f"--shards: files of {len(stems)} feature files ({', '.join(sorted(stems))}); "
+                                   "merge one backbone at a time")
+            targets = [(out / f"{stems.pop()}.h5", args.shards)]
+        else:
+            suffix = f"-{args.tap}" if args.tap else ""
+            names = [name.strip() for name in args.backbone.split(",") if name.strip()]
+            if names:
+                for name in names:
+                    get_spec(name)
+                stems = [name + suffix for name in names]
+            else:
+                found = sorted({path.name.split(".shard-")[0] for path in out.glob("*.shard-*-of-*.h5")})
+                stems = [stem for stem in found if (stem.endswith(suffix) if suffix else stem in BACKBONES)]
+                if not stems:
+                    raise LusfeatError(f"no shard files <backbone>{suffix}.shard-K-of-N.h5 in {out}; make them with "
+                                       "python -m lusfeat.extract --shard K/N --out " + str(out))
+            targets = [(out / f"{stem}.h5", None) for stem in stems]
+    except LusfeatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    failures = 0
+    for target, paths in targets:
+        try:
+            summary = merge_shards(target, paths, overwrite=args.overwrite)
+        except LusfeatError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        for warning in summary.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(summary.line())
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     start(args.verbose)
     failures: list[str] = []
     try:
         if args.augment_copies < 0 or args.batch_size < 1:
             raise LusfeatError("--augment-copies must be >= 0 and --batch-size >= 1")
+        shard = parse_shard(args.shard) if args.shard else None
+        if args.shards is not None and not args.dask:
+            raise LusfeatError("--shards N goes with --dask; for one shard give --shard K/N")
+        if args.shards is not None and args.shards < 1:
+            raise LusfeatError(f"--shards {args.shards}: give 1 or more")
+        if args.dask:
+            from lusfeat.cluster import require_dask
+
+            require_dask()
+        if args.threads is not None and not args.dask:
+            set_tf_threads(args.threads)
+        elif args.threads is not None and args.threads < 1:
+            raise LusfeatError(f"--threads {args.threads}: give 1 or more TensorFlow threads")
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
         specs = [get_spec(name) for name in names]
         manifest = read_manifest(args.manifest, args.data_root)
@@ -90,15 +178,25 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((spec, source, config))
         log.info("%d frames from %d files of %d patients; %d copies each",
                  len(frames), len(manifest), manifest["patient_id"].nunique(), args.augment_copies + 1)
+        if args.dask and args.shards:
+            split_patients(frames, args.shards)  # an impossible count is said before a cluster starts
+        if shard:
+            plan = plan_shard(frames, *shard)
+            log.info("shard %d of %d: %d frames of %d patients (frames per shard: %s)", *shard, len(plan.rows),
+                     plan.record["patients"][shard[0] - 1], ", ".join(map(str, plan.record["frames"])))
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     out = Path(args.out)
+    if args.dask:
+        return run_dask(args, jobs, frames, out, failures)
     for spec, source, config in jobs:
         try:
-            summary = extract_backbone(frames, spec, source, config, output_path(out, spec, config.tap),
-                                       batch_size=args.batch_size, overwrite=args.overwrite,
-                                       progress=not args.no_progress)
+            options = {"batch_size": args.batch_size, "overwrite": args.overwrite, "progress": not args.no_progress}
+            if shard:
+                summary = extract_shard(frames, spec, source, config, output_path(out, spec, config.tap), *shard, **options)
+            else:
+                summary = extract_backbone(frames, spec, source, config, output_path(out, spec, config.tap), **options)
             print(summary.line())
         except LusfeatError as error:
             failures.append(str(error))
@@ -108,6 +206,38 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     if failures:
         print(f"{len(failures)} backbone(s) failed; see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_dask(args: argparse.Namespace, jobs: list, frames, out: Path, failures: list[str]) -> int:
+    from lusfeat.cluster import extract_on_dask
+
+    try:
+        results = extract_on_dask(args.dask, [(spec, source, config, output_path(out, spec, config.tap))
+                                              for spec, source, config in jobs], frames,
+                                  shards=args.shards, batch_size=args.batch_size, threads=args.threads,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+    except LusfeatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command (same --shards) to resume every shard where it stopped",
+              file=sys.stderr)
+        return 130
+    for result in results:
+        for summary in result.summaries:
+            print(summary.line())
+        for error in result.errors:
+            failures.append(error)
+            print(f"error: {result.name}: {error}", file=sys.stderr)
+        if result.merge is not None:
+            for warning in result.merge.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(f"{result.name}: {result.merge.line()}")
+    if failures:
+        print(f"{len(failures)} error(s); see above. Finished shards are kept: rerun the same command to resume",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -109,6 +109,12 @@ def _open_for_reading(path: str | os.PathLike) -> h5py.File:
         raise LusfeatError(f"{path}: not a readable HDF5 file ({error}); rerun python -m lusfeat.extract --overwrite") from error
 
 
+def _locked(error: OSError) -> bool:
+    """Whether h5py failed to open a file because another process holds its HDF5 lock."""
+    text = str(error).lower()
+    return "unable to lock file" in text or "lock" in text and ("errno = 11" in text or "temporarily unavailable" in text)
+
+
 def _write_frames(group: h5py.Group, frames: pd.DataFrame) -> None:
     for column, kind in FRAME_COLUMNS.items():
         if kind is str:
@@ -129,6 +135,18 @@ def _same_frames(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     if len(a) != len(b):
         return False
     return all((a[column].astype(str).to_numpy() == b[column].astype(str).to_numpy()).all() for column in FRAME_COLUMNS)
+
+
+def create_data(handle: h5py.File, config: ExtractionConfig, n: int, item_shape: tuple[int, ...]) -> h5py.Dataset:
+    """The empty ``features`` (or a tap file's ``maps``) data set of ``n`` frames, chunked as every feature file is."""
+    if config.tap:
+        # One chunk per copy and frame (0.5 MB for Xception's middle flow): training reads
+        # random frames and copies, never a run of neighbours.
+        shape, chunks = (config.copies, n, *item_shape), (1, 1, *item_shape)
+        return handle.create_dataset(MAPS, shape=shape, dtype=config.dtype, chunks=chunks)
+    shape = (config.copies, n, config.feature_dim)
+    chunks = (config.copies, max(1, min(CHUNK_FRAMES, n)), config.feature_dim)
+    return handle.create_dataset(FEATURES, shape=shape, dtype=config.dtype, chunks=chunks)
 
 
 def package_versions() -> dict[str, str]:
@@ -153,8 +171,15 @@ class FeatureWriter:
     """
 
     def __init__(self, path: str | os.PathLike, config: ExtractionConfig, frames: pd.DataFrame,
-                 *, overwrite: bool = False, weights_source: str = "", item_shape: tuple[int, ...] | None = None) -> None:
+                 *, overwrite: bool = False, weights_source: str = "", item_shape: tuple[int, ...] | None = None,
+                 record: dict[str, Any] | None = None, must_match: dict[str, Any] | None = None,
+                 extra_datasets: dict[str, np.ndarray] | None = None) -> None:
         self.path = Path(path)
+        # Attrs and data sets a new file gets besides the config (e.g. batch size, a shard's rows),
+        # and attrs an existing file must hold to be resumed or confirmed (e.g. a shard's place).
+        self.record = dict(record or {})
+        self.must_match = dict(must_match or {})
+        self.extra_datasets = dict(extra_datasets or {})
         # One frame's stored value: (feature_dim,) pooled, or a tap's (h, w, c) map.
         self.item_shape = tuple(item_shape) if item_shape is not None else (config.feature_dim,)
         self.dataset = MAPS if config.tap else FEATURES
@@ -173,7 +198,10 @@ class FeatureWriter:
         if self.partial.exists():
             try:
                 handle = h5py.File(self.partial, "r+")
-            except OSError:
+            except OSError as error:
+                if _locked(error):
+                    raise LusfeatError(f"{self.partial} is being written by another running extraction (HDF5 "
+                                       "file lock); wait for it to finish, or stop it and run again") from error
                 # A run killed in the middle of an HDF5 metadata write leaves an unreadable
                 # file; nothing in it can be trusted, so start over.
                 self.partial.unlink()
@@ -197,6 +225,11 @@ class FeatureWriter:
 
     def _refuse_if_different(self, path: Path, handle: h5py.File, frames: pd.DataFrame) -> None:
         differences = read_config(handle).differences(self.config)
+        for key, wanted in self.must_match.items():
+            held = handle.attrs.get(key)
+            held = held.item() if isinstance(held, np.generic) else held
+            if held != wanted:
+                differences.append(f"{key}: {held!r} vs {wanted!r}")
         if not differences and not _same_frames(_read_frames(handle["frames"]), frames):
             differences = ["the per-frame table (files, frame counts or labels changed)"]
         if differences:
@@ -216,17 +249,12 @@ class FeatureWriter:
         handle.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         handle.attrs["frames_done"] = 0
         handle.attrs["complete"] = False
-        n = len(frames)
-        if self.config.tap:
-            # One chunk per copy and frame (0.5 MB for Xception's middle flow): training reads
-            # random frames and copies, never a run of neighbours.
-            shape, chunks = (self.config.copies, n, *self.item_shape), (1, 1, *self.item_shape)
-            handle.create_dataset(MAPS, shape=shape, dtype=self.config.dtype, chunks=chunks)
-        else:
-            shape = (self.config.copies, n, self.config.feature_dim)
-            chunks = (self.config.copies, max(1, min(CHUNK_FRAMES, n)), self.config.feature_dim)
-            handle.create_dataset("features", shape=shape, dtype=self.config.dtype, chunks=chunks)
+        for key, value in self.record.items():
+            handle.attrs[key] = value
+        create_data(handle, self.config, len(frames), self.item_shape)
         _write_frames(handle.create_group("frames"), frames)
+        for key, data in self.extra_datasets.items():
+            handle.create_dataset(key, data=data)
         handle.flush()
         return handle
 

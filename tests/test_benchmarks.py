@@ -115,3 +115,26 @@ def test_in_distribution_writes_a_complete_record(synthetic_features: Path, tmp_
     assert len(default["per_fold"]) == 2 and default["test_videos"] == record["videos"]
     assert 0 <= default["flag_rate"] <= 1 and default["non_lung_checks"] == 2 * len(in_distribution.NON_LUNG_KINDS)
     assert set(record["variants"]) == set(in_distribution.VARIANTS)
+
+
+@pytest.mark.slow
+def test_shards_benchmark_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path) -> None:
+    """Without Dask and on 2 patients' every 90th frame: the configurations run, the files agree bitwise."""
+    from benchmarks import shards
+
+    out = tmp_path / "shards.json"
+    code = shards.main([
+        "--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet", "--patients", "1,9",
+        "--frame-step", "90", "--no-dask", "--merge-frames", "300", "--merge-dims", "256", "--machines", "1,4",
+        "--work-dir", str(tmp_path), "--out", str(out),
+    ])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "shards" and record["machine"]["nproc"] >= 1
+    entry = record["backbones"]["mobilenet"]
+    assert set(entry["summary"]) == {"1 x 2", "2 x 1", "2 in sequence"}
+    assert all(positive(row["wall_seconds"]) and positive(row["wall_ratio_to_1x2"]) for row in entry["summary"].values())
+    assert entry["bitwise"]["2 in sequence == 1 x 2 (2 threads)"] is True
+    assert positive(record["merge"][0]["seconds_per_10k_frames"])
+    assert [row["machines"] for row in entry["estimate"]["machines"]] == [1, 4]
+    assert entry["estimate"]["machines"][1]["speed_up"] > 1

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -148,3 +150,22 @@ def test_pooled_files_carry_no_tap_attribute(tmp_path):
     with h5py.File(path) as handle:
         assert "tap" not in handle.attrs  # as before taps existed
     assert read_config(path).tap == ""
+
+
+def test_a_partial_file_another_process_writes_is_refused_not_deleted(tmp_path):
+    """Two extractions on one .partial (a Dask task retried while a lost worker still runs): the second stops."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "f.h5"
+    with FeatureWriter(path, _config(), _frames()) as writer:
+        writer.write(0, _features()[:, :64])
+        code = ("import sys, pandas as pd; sys.path[:0] = [sys.argv[1]]; from test_store import _config, _frames; "
+                "from lusfeat.store import FeatureWriter\n"
+                "try:\n    FeatureWriter(sys.argv[2], _config(), _frames())\nexcept Exception as e:\n    print(e)")
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path)], capture_output=True,
+                             text=True, timeout=120)
+        assert "is being written by another running extraction" in out.stdout, out.stderr[-2000:]
+        writer.write(64, _features()[:, 64:])
+        writer.finish()
+    np.testing.assert_array_equal(load_features(path).features, _features())

@@ -371,6 +371,8 @@ def fit_distribution(features: FeatureSet, train: np.ndarray, params: FitParams,
 
 def distribution_table(distribution: VideoDistribution, features: np.ndarray, frames: pd.DataFrame) -> pd.DataFrame:
     """Per video of ``frames``: ``patient_id, video_id, distance, in_distribution`` (distance <= the threshold)."""
+    if len(frames) == 0:  # the final model has no test videos
+        return pd.DataFrame({"patient_id": [], "video_id": [], "distance": np.zeros(0), "in_distribution": np.zeros(0, bool)})
     keys, distances = distribution.video_distances(features, video_keys(frames))
     patient, video = zip(*(key.split("/", 1) for key in keys), strict=True) if len(keys) else ((), ())
     return pd.DataFrame({"patient_id": list(patient), "video_id": list(video), "distance": distances,

@@ -271,7 +271,7 @@ def test_final_model_is_trained_on_every_patient_and_says_it_has_no_test(full_ru
     assert "no held-out test" in capsys.readouterr().out
     folder = run / "mobilenet" / "final"
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "head.keras", "logreg.joblib", "video.joblib",
-                                                  "model.json"}
+                                                  "distribution.joblib", "model.json"}
     model = json.loads((folder / "model.json").read_text())
     assert model["fold"] == "final" and sorted(model["train_patients"], key=int) == ["1", "2", "3", "4", "5", "6"]
     assert MODEL_KEYS <= set(model) and set(model["calibration"]) == set(model["conformal"]) == {"video", "head", "logreg"}

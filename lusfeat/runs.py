@@ -42,7 +42,7 @@ import pandas as pd
 from lusfeat import __version__
 from lusfeat.aggregate import region_scores, video_scores
 from lusfeat.errors import LusfeatError
-from lusfeat.files import replace_atomically, write_csv, write_json
+from lusfeat.files import json_ready, replace_atomically, write_csv, write_json
 from lusfeat.folds import assert_patients_disjoint, make_folds, patient_strata, split_frames
 from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
 from lusfeat.models.calibration import TemperatureScaling
@@ -552,8 +552,9 @@ def final_metrics(backbone: str, result: FoldResult, features: FeatureSet, param
     }
     if (pooled / "metrics.json").is_file():
         earlier = json.loads((pooled / "metrics.json").read_text())
-        same = {key: earlier.get("params", {}).get(key) == value for key, value in dataclasses.asdict(params).items()
-                if key not in ("video_pooling", "video_Cs")}
+        # compared as JSON holds them (tuples read back as lists)
+        same = {key: earlier.get("params", {}).get(key) == value
+                for key, value in json_ready(dataclasses.asdict(params)).items()}
         record["pooled_held_out"] = {
             "params_match": all(same.values()),
             **{model: {key: earlier.get(model, {}).get(key) for key in ("accuracy", "macro_f1", "qwk")}

@@ -118,7 +118,11 @@ def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params:
     Without ``transform`` FFmpeg resizes the whole frame; with one (e.g. a crop) the full-size
     frame goes to ``transform(rgb, size)``. Augmented copies are made from the result.
     """
-    for file, rows in frames.groupby("file", sort=False):
+    # Runs of consecutive rows of one file, not groupby("file"): a file listed again further down
+    # the table (single-frame rows, say) must come out where its rows stand.
+    runs = (frames["file"] != frames["file"].shift()).cumsum().to_numpy()
+    for _, rows in frames.groupby(runs, sort=False):
+        file = rows["file"].iloc[0]
         wanted = rows["frame_index"].tolist()
         path = rows["path"].iloc[0]
         for index, rgb in iter_frames(file, wanted, None if transform else size):

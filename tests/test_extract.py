@@ -175,3 +175,23 @@ def test_a_stream_that_ends_early_is_extracted_as_it_decodes_and_resumes(tmp_pat
     resumed = load_features(tmp_path / "cut" / "mobilenet.h5")
     assert resumed.frames.equals(features.frames)
     np.testing.assert_allclose(resumed.features, features.features, rtol=1e-6, atol=1e-6)
+
+
+def test_images_come_out_in_the_frame_table_order_when_a_file_appears_twice(monkeypatch):
+    # A file listed again further down (e.g. single-frame manifest rows) must not pull its later
+    # rows forward: each image has to line up with its row of the frame table.
+    import pandas as pd
+
+    from lusfeat import embed
+    from lusfeat.augment import AugmentParams
+
+    def fake_frames(file, wanted, size):
+        for index in wanted:
+            yield index, np.full((4, 4, 3), 10 * ord(file[-1]) % 256 + index, np.uint8)
+
+    monkeypatch.setattr(embed, "iter_frames", fake_frames)
+    monkeypatch.setattr(embed, "augmented_copies", lambda rgb, key, copies, seed, params: rgb[np.newaxis])
+    table = pd.DataFrame({"file": ["/a", "/b", "/a"], "path": ["a", "b", "a"], "frame_index": [0, 1, 2]})
+    images = list(embed.iter_images(table, 4, 1, 0, AugmentParams()))
+    expected = [10 * ord(f[-1]) % 256 + i for f, i in zip(table["file"], table["frame_index"], strict=True)]
+    assert [int(image[0, 0, 0, 0]) for image in images] == expected

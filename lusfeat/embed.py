@@ -9,7 +9,8 @@
   run over the whole table does;
 - :func:`set_tf_threads` / :func:`tf_threads`: TensorFlow's thread count, which a file records
   (it changes the last bits of the features);
-- :class:`Embedder`: a compiled ``uint8 images -> features`` call on fixed-size batches;
+- the network call itself comes from :mod:`lusfeat.engines` (TensorFlow's :class:`Embedder`, or OpenVINO),
+  with :func:`calibration_set` choosing the frames an int8 model is calibrated on;
 - :func:`write_features`: the resumable write loop shared by every feature file (backbones,
   and the experiments' lung crops and hand-made signal); :func:`extract_backbone` for one backbone;
 - :func:`embed_frames`: copy 0 of frames, as ``lusfeat.predict`` needs them.
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -32,14 +34,8 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.augment import AugmentParams, augmented_copies, frame_key
-from lusfeat.backbones import (
-    BackboneSpec,
-    WeightsSource,
-    build_feature_extractor,
-    build_tap_extractor,
-    get_spec,
-    get_tap,
-)
+from lusfeat.backbones import BackboneSpec, WeightsSource, build_tap_extractor, get_spec, get_tap
+from lusfeat.engines import CALIBRATION_FRAMES, Calibration, Embedder, build_embed, engine_version
 from lusfeat.errors import LusfeatError
 from lusfeat.frames import MediaInfo, frame_indices, iter_frames, media_info
 from lusfeat.store import CHUNK_FRAMES, ExtractionConfig, FeatureWriter
@@ -216,31 +212,6 @@ def prefetch(blocks: Iterator, depth: int) -> Iterator:
         stop.set()
 
 
-class Embedder:
-    """A compiled ``uint8 images -> features`` call on fixed-size batches (no retracing)."""
-
-    def __init__(self, model, batch_size: int) -> None:
-        import tensorflow as tf
-
-        self.batch_size = batch_size
-        self.model = model
-        def forward(images):
-            return model(images, training=False)
-
-        # A compiled call: 1.2-1.5x faster than model.predict on this CPU (docs/benchmarks.md).
-        self._call = tf.function(forward, autograph=False)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
-            n = len(batch)
-            if n < self.batch_size:  # pad: one input shape, one trace
-                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
-            out.append(np.asarray(self._call(batch))[:n])
-        return np.concatenate(out) if out else np.empty((0, self.model.output_shape[-1]), np.float32)
-
-
 @dataclass
 class ExtractionSummary:
     backbone: str
@@ -365,13 +336,17 @@ def extract_backbone(
                "record": {**compute_record(batch_size), **(record or {})}, "must_match": must_match,
                "extra_datasets": extra_datasets, "on_block": on_block}
     if config.tap:
+        if config.engine != "tensorflow":
+            raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {config.engine}; "
+                               "drop --engine or use --engine tensorflow")
         # Built now: the file's map shape comes from the network (a few seconds, against minutes of maps).
         model = build_tap_extractor(spec, source, config.tap, config.input_size, config.precision)
         return write_features(frames, config, out_path, lambda: Embedder(model, batch_size),
                               name=f"{spec.name}-{config.tap}", item_shape=tuple(model.output_shape[1:]), **options)
 
-    def make_embed() -> Embedder:
-        return Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
+    def make_embed() -> Callable[[np.ndarray], np.ndarray]:
+        return build_embed(config.engine, spec, source, config.input_size, config.precision, batch_size,
+                           _calibration(frames, config))
 
     return write_features(frames, config, out_path, make_embed, name=spec.name, **options)
 
@@ -423,11 +398,42 @@ def compute_record(batch_size: int) -> dict[str, int]:
     return {"batch_size": int(batch_size), "tf_threads": tf_threads()}
 
 
+def calibration_set(frames: pd.DataFrame, seed: int, count: int = CALIBRATION_FRAMES) -> tuple[pd.DataFrame, str]:
+    """The frames an int8 model is calibrated on: ``count`` of ``frames`` drawn with ``seed`` (in file
+    order), and a sha256 naming them (recorded in the feature file as ``calibration``)."""
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(frames))[:count])
+    subset = frames.iloc[chosen]
+    names = "\n".join(f"{path}#{index}" for path, index in zip(subset["path"], subset["frame_index"], strict=True))
+    return subset, hashlib.sha256(f"seed {seed}\n{names}".encode()).hexdigest()
+
+
+def _calibration(frames: pd.DataFrame, config: ExtractionConfig) -> Calibration | None:
+    """For an int8 config: its calibration frames, whole and unaugmented, decoded only if the cache misses."""
+    if config.precision != "int8":
+        return None
+    subset, key = calibration_set(frames, config.seed)
+    if key != config.calibration:
+        raise LusfeatError(f"int8 calibration frames {key} differ from the config's {config.calibration}")
+
+    def images() -> np.ndarray:
+        params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
+        return np.stack([copies[0] for copies in iter_images(subset, config.input_size, 1, config.seed, params)])
+
+    return Calibration(key, images)
+
+
 def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | None, dtype: str,
                 augment_copies: int, params: AugmentParams, seed: int, frame_step: int,
-                manifest_sha256: str, precision: str = "float32", tap: str = "") -> ExtractionConfig:
+                manifest_sha256: str, precision: str = "float32", tap: str = "", engine: str = "tensorflow",
+                frames: pd.DataFrame | None = None) -> ExtractionConfig:
+    """The config of one feature file; ``frames`` (the planned frames) is needed for int8, to name its calibration."""
     extra = {"tap": tap, "pooling": "none", "feature_dim": get_tap(spec, tap).channels} if tap else {}
+    if precision == "int8":
+        if frames is None:
+            raise LusfeatError("int8 features need the planned frames to choose their calibration frames")
+        extra["calibration"] = calibration_set(frames, seed)[1]
     return ExtractionConfig(**{
+        "engine": engine, "engine_version": engine_version(engine, precision),
         "backbone": spec.name, "weights": source.identity, "input_size": input_size or spec.input_size,
         "feature_dim": spec.feature_dim, "dtype": dtype, "copies": augment_copies + 1,
         "aug_rotation": params.rotation, "aug_shift": params.shift, "aug_zoom": params.zoom, "aug_flip": params.flip,
@@ -444,13 +450,14 @@ def embed_frames(frames: pd.DataFrame, config: ExtractionConfig, source: Weights
                  progress: bool = True) -> np.ndarray:
     """Pooled features ``(n_frames, dim)`` of copy 0 (the frame itself), as a feature file of ``config`` holds them.
 
-    Stage one's own frames and backbone; rounded through the file's stored dtype, since models are
+    Stage one's own frames, backbone, engine and precision; rounded through the file's stored dtype, since models are
     trained on features as the file held them.
     """
     from tqdm.auto import tqdm
 
     spec = get_spec(config.backbone)
-    embed = Embedder(build_feature_extractor(spec, source, config.input_size, config.precision), batch_size)
+    calibration = Calibration(config.calibration) if config.precision == "int8" else None  # from the cache only
+    embed = build_embed(config.engine, spec, source, config.input_size, config.precision, batch_size, calibration)
     params = AugmentParams(config.aug_rotation, config.aug_shift, config.aug_zoom, config.aug_flip)
     images = iter_images(frames, config.input_size, 1, config.seed, params)
     out = []

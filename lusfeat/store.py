@@ -48,6 +48,7 @@ FRAME_COLUMNS = {
 }
 CHUNK_FRAMES = 64
 FEATURES, MAPS = "features", "maps"  # the data set of a pooled file, of a tap file
+UNKNOWN_MATCHES = ("engine_version",)  # fields where "" (a file older than the field) matches any value
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,14 @@ class ExtractionConfig:
     frame_step: int
     manifest_sha256: str
     pooling: str = "avg"
-    precision: str = "float32"  # the backbone's compute type: "float32" or "bfloat16"
+    precision: str = "float32"  # the backbone's compute type: "float32", "bfloat16" or "int8"
     tap: str = ""  # "" for pooled features, else the intermediate map stored (lusfeat.backbones TapSpec)
     format_version: int = FORMAT_VERSION
+    # The inference engine (lusfeat.engines) and its version; files made before engines were
+    # recorded read as TensorFlow of an unknown ("") version.
+    engine: str = "tensorflow"
+    engine_version: str = ""
+    calibration: str = ""  # int8 only: sha256 naming the frames the quantisation was calibrated on
 
     @classmethod
     def from_record(cls, record: Any, where: str) -> ExtractionConfig:
@@ -87,7 +93,8 @@ class ExtractionConfig:
     def differences(self, other: ExtractionConfig) -> list[str]:
         """``field: mine vs other`` for each field that differs."""
         mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
-        return [f"{key}: {mine[key]!r} vs {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+        return [f"{key}: {mine[key]!r} vs {theirs[key]!r}" for key in mine if mine[key] != theirs[key]
+                and not (key in UNKNOWN_MATCHES and "" in (mine[key], theirs[key]))]
 
 
 def read_config(file: h5py.File | str | os.PathLike) -> ExtractionConfig:
@@ -153,7 +160,7 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for name in ("lusfeat", "tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "av", "pillow"):
+    for name in ("lusfeat", "tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "av", "pillow", "openvino", "nncf"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

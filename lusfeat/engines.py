@@ -1,0 +1,374 @@
+"""Inference engines of stage one: a frozen backbone as an ``uint8 images -> pooled features`` call.
+
+A small registry like :mod:`lusfeat.backbones`: one :class:`EngineSpec` per engine, each with the
+precisions it runs, how to tell its version, and how to build the call.
+
+- ``tensorflow`` (always there): the Keras feature extractor of :mod:`lusfeat.backbones` as a
+  compiled ``tf.function`` on fixed-size batches (:class:`Embedder`); ``float32`` or mixed
+  ``bfloat16``.
+- ``openvino`` (``pip install "lusfeat[openvino]"``): the *same* Keras model, converted in process
+  with ``openvino.convert_model`` and cached on disk (:func:`cache_root`, keyed by backbone,
+  weights sha256, input size, precision and OpenVINO version); ``float32``, ``bfloat16`` (an
+  inference-precision hint, refused on CPUs that would silently run float32) or ``int8``
+  (post-training quantisation with NNCF, calibrated on real frames of the manifest being
+  extracted: :class:`Calibration`).
+
+The Keras backbone and its weights stay the single source of truth: an engine never loads
+weights of its own. Which engine and precision ``lusfeat.extract`` uses by default is decided by
+:func:`default_choice` from measurements (``docs/engines.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lusfeat.backbones import BackboneSpec, WeightsSource, build_feature_extractor
+from lusfeat.errors import LusfeatError
+
+log = logging.getLogger("lusfeat.engines")
+
+CACHE_ENV = "LUSFEAT_CACHE_DIR"
+CPUINFO = Path("/proc/cpuinfo")
+ALL_PRECISIONS = ("float32", "bfloat16", "int8")
+DEFAULT_ENGINE, DEFAULT_PRECISION = "tensorflow", "float32"
+CALIBRATION_FRAMES = 300  # int8: at most this many real frames of the manifest calibrate the quantisation
+CONVERTER_REVISION = 1  # bump when the conversion below changes, so that cached models are rebuilt
+
+Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (n, size, size, 3) -> float32 (n, dim)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The frames an int8 model is calibrated on: ``key`` names them (recorded in the feature file),
+    ``images()`` decodes them (``None`` where they cannot be decoded, e.g. in ``lusfeat.predict``:
+    the quantised model must then come from the cache)."""
+
+    key: str
+    images: Callable[[], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    precisions: tuple[str, ...]
+    package: str  # the distribution that must be installed
+    extra: str  # pip install "lusfeat[<extra>]" installs it; "" for a core dependency
+    build: Callable[..., Embed]  # (spec, source, input_size, precision, batch_size, calibration) -> Embed
+    version: Callable[[], str]
+
+    def missing(self) -> str:
+        """Why the engine cannot run here ("" when it can)."""
+        from importlib.util import find_spec
+
+        if find_spec(self.package) is None:
+            return (f"engine {self.name!r} needs the {self.package} package, which is not installed: "
+                    f'pip install "lusfeat[{self.extra}]"')
+        return ""
+
+
+def _distribution_version(*names: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+# --------------------------------------------------------------------------- tensorflow
+
+
+class Embedder:
+    """A compiled ``uint8 images -> features`` call on fixed-size batches (no retracing)."""
+
+    def __init__(self, model, batch_size: int) -> None:
+        import tensorflow as tf
+
+        self.batch_size = batch_size
+        self.model = model
+
+        def forward(images):
+            return model(images, training=False)
+
+        # A compiled call: 1.2-1.5x faster than model.predict on this CPU (docs/benchmarks.md).
+        self._call = tf.function(forward, autograph=False)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size]
+            n = len(batch)
+            if n < self.batch_size:  # pad: one input shape, one trace
+                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
+            out.append(np.asarray(self._call(batch))[:n])
+        return np.concatenate(out) if out else np.empty((0, self.model.output_shape[-1]), np.float32)
+
+
+def _build_tensorflow(spec: BackboneSpec, source: WeightsSource, input_size: int, precision: str, batch_size: int,
+                      calibration: Calibration | None = None) -> Embed:
+    return Embedder(build_feature_extractor(spec, source, input_size, precision), batch_size)
+
+
+# --------------------------------------------------------------------------- openvino
+
+
+def cache_root() -> Path:
+    """``$LUSFEAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/lusfeat``, else ``~/.cache/lusfeat``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lusfeat"
+
+
+def native_bfloat16() -> tuple[bool, str]:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and the evidence."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("flags"):
+                found = sorted({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+                return (True, f"CPU flags {', '.join(found)}") if found else (False, "no avx512_bf16/amx_bf16 CPU flag")
+    except OSError:
+        pass
+    try:  # not Linux: ask OpenVINO, if installed
+        import openvino as ov
+
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return ("BF16" in capabilities, f"OpenVINO CPU capabilities {', '.join(capabilities)}")
+    except Exception:  # noqa: BLE001 - no OpenVINO, or no answer: assume not
+        return False, "CPU flags unknown"
+
+
+def _openvino_version() -> str:
+    return _distribution_version("openvino")
+
+
+def _openvino_int8_version() -> str:
+    return f"{_openvino_version()}+nncf{_distribution_version('nncf')}"
+
+
+def _ov_precision(precision: str) -> str:
+    return {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}[precision]
+
+
+def cache_key(spec: BackboneSpec, source: WeightsSource, input_size: int, precision: str,
+              calibration: Calibration | None) -> dict[str, Any] | None:
+    """What the cached OpenVINO model depends on; ``None`` when it must not be cached (random weights)."""
+    if source.identity == "none":
+        return None
+    ir_precision = "int8" if precision == "int8" else "float32"  # bfloat16 is a compile-time hint on the float32 model
+    return {"backbone": spec.name, "weights": source.identity, "input_size": input_size, "precision": ir_precision,
+            "calibration": calibration.key if precision == "int8" and calibration else "",
+            "openvino": _openvino_version(), "nncf": _distribution_version("nncf") if precision == "int8" else "",
+            "converter": CONVERTER_REVISION}
+
+
+def cache_folder(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "openvino" / f"{key['backbone']}-{key['input_size']}px-{key['precision']}-{digest}"
+
+
+def _read_cached(folder: Path, key: dict[str, Any]):
+    import openvino as ov
+
+    try:
+        if json.loads((folder / "key.json").read_text()) != key:
+            return None
+        return ov.Core().read_model(folder / "model.xml")
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _write_cached(folder: Path, key: dict[str, Any], model) -> None:
+    import openvino as ov
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        ov.save_model(model, scratch / "model.xml", compress_to_fp16=False)
+        (scratch / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(scratch, folder)
+    except OSError as error:  # a read-only cache costs a conversion per run, nothing more
+        shutil.rmtree(scratch, ignore_errors=True)
+        log.warning("could not cache the OpenVINO model in %s (%s); set %s to a writable folder", folder, error, CACHE_ENV)
+
+
+def convert_to_openvino(spec: BackboneSpec, source: WeightsSource, input_size: int):
+    """The Keras feature extractor (float32, preprocessing inside) as an OpenVINO model, dynamic batch."""
+    import warnings
+
+    import openvino as ov
+
+    model = build_feature_extractor(spec, source, input_size, "float32")
+    with warnings.catch_warnings():  # Keras' "Expected: rgb, Received: inputs=..." while the converter traces
+        warnings.simplefilter("ignore", UserWarning)
+        return ov.convert_model(model)
+
+
+def quantize_int8(model, images: np.ndarray):
+    """NNCF post-training quantisation of ``model`` calibrated on ``images`` (uint8, one at a time, in order)."""
+    import nncf
+
+    if len(images) == 0:
+        raise LusfeatError("int8 calibration needs at least one frame; the manifest gave none")
+    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
+    return nncf.quantize(model, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
+                         fast_bias_correction=True)
+
+
+def openvino_model(spec: BackboneSpec, source: WeightsSource, input_size: int, precision: str,
+                   calibration: Calibration | None):
+    """The (cached) OpenVINO model of one backbone, weights, size and precision."""
+    key = cache_key(spec, source, input_size, precision, calibration)
+    folder = cache_folder(key) if key else None
+    if folder is not None and (cached := _read_cached(folder, key)) is not None:
+        log.info("%s: OpenVINO %s model from the cache %s", spec.name, key["precision"], folder)
+        return cached
+    if precision == "int8" and (calibration is None or calibration.images is None):
+        raise LusfeatError(
+            f"{spec.name}: the int8 model calibrated on frames {calibration.key if calibration else '?'} is not in the "
+            f"cache {cache_root() / 'openvino'}; it is made by python -m lusfeat.extract --engine openvino --precision "
+            f"int8 on the manifest the features came from (rerun it on this machine, or copy that cache folder here, "
+            f"or set {CACHE_ENV})")
+    float_key = cache_key(spec, source, input_size, "float32", None)
+    model = _read_cached(cache_folder(float_key), float_key) if float_key and precision == "int8" else None
+    if model is None:
+        log.info("%s: converting the Keras model to OpenVINO (%s)", spec.name,
+                 f"once, cached in {cache_folder(float_key)}" if float_key else "random weights: not cached")
+        model = convert_to_openvino(spec, source, input_size)
+        if float_key:
+            _write_cached(cache_folder(float_key), float_key, model)
+    if precision == "int8":
+        images = calibration.images()
+        log.info("%s: int8 quantisation (NNCF) calibrated on %d frames", spec.name, len(images))
+        model = quantize_int8(model, images)
+        if folder is not None:
+            _write_cached(folder, key, model)
+    return model
+
+
+class OpenVinoEmbed:
+    """A compiled OpenVINO model on fixed-size batches: one infer request, batches padded to ``batch_size``."""
+
+    def __init__(self, compiled, batch_size: int, feature_dim: int) -> None:
+        self.batch_size = batch_size
+        self.feature_dim = feature_dim
+        self.compiled = compiled
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = np.empty((len(images), self.feature_dim), np.float32)
+        for start in range(0, len(images), self.batch_size):
+            batch = np.ascontiguousarray(images[start:start + self.batch_size])
+            n = len(batch)
+            if n < self.batch_size:
+                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
+            self._request.infer({0: batch}, share_inputs=True)
+            out[start:start + n] = self._request.get_output_tensor(0).data[:n]
+        return out
+
+
+def _build_openvino(spec: BackboneSpec, source: WeightsSource, input_size: int, precision: str, batch_size: int,
+                    calibration: Calibration | None = None) -> Embed:
+    import openvino as ov
+
+    model = openvino_model(spec, source, input_size, precision, calibration)
+    model.reshape([batch_size, input_size, input_size, 3])  # static shapes: one plan, as the TF engine's one trace
+    wanted = _ov_precision(precision)
+    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": wanted})
+    effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if wanted == "bf16" and "bf16" not in effective.lower():
+        supported, evidence = native_bfloat16()
+        raise LusfeatError(f"{spec.name}: OpenVINO runs {effective}, not bfloat16, on this CPU ({evidence}): its features "
+                           "would be float32 ones labelled bfloat16. Use --precision float32 here, or a CPU with "
+                           "AVX-512 BF16 or AMX")
+    return OpenVinoEmbed(compiled, batch_size, spec.feature_dim)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+ENGINES: dict[str, EngineSpec] = {
+    spec.name: spec
+    for spec in (
+        EngineSpec("tensorflow", ("float32", "bfloat16"), "tensorflow", "", _build_tensorflow,
+                   lambda: _distribution_version("tensorflow", "tensorflow-cpu")),
+        EngineSpec("openvino", ("float32", "bfloat16", "int8"), "openvino", "openvino", _build_openvino,
+                   _openvino_version),
+    )
+}
+
+
+def get_engine(name: str) -> EngineSpec:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise LusfeatError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}") from None
+
+
+def check_engine(name: str, precision: str) -> EngineSpec:
+    """The engine, after checking that it is installed and runs ``precision``."""
+    engine = get_engine(name)
+    if precision not in engine.precisions:
+        others = [other.name for other in ENGINES.values() if precision in other.precisions]
+        hint = f"; use --engine {others[0]}" if others else ""
+        raise LusfeatError(f"engine {name!r} does not run {precision!r} (it runs {', '.join(engine.precisions)}){hint}")
+    if reason := engine.missing():
+        raise LusfeatError(reason)
+    return engine
+
+
+def engine_version(name: str, precision: str) -> str:
+    """The version recorded in a feature file (OpenVINO int8 adds NNCF's)."""
+    return _openvino_int8_version() if name == "openvino" and precision == "int8" else get_engine(name).version()
+
+
+def build_embed(engine: str, spec: BackboneSpec, source: WeightsSource, input_size: int, precision: str,
+                batch_size: int, calibration: Calibration | None = None) -> Embed:
+    """The ``uint8 images -> float32 features`` call of ``engine`` at ``precision``."""
+    return check_engine(engine, precision).build(spec, source, input_size, precision, batch_size, calibration)
+
+
+# Measured (docs/engines.md), per CPU kind: what extract uses without --engine / --precision.
+# A default changes only where full-cache accuracy (benchmarks/accuracy.py) stays within 0.01 QWK of
+# TensorFlow float32; until that is measured for a faster engine, TensorFlow float32 stays.
+DEFAULTS = {
+    True: ("tensorflow", "float32"),  # native bfloat16: openvino bfloat16 2.2x faster, accuracy not yet confirmed
+    False: ("tensorflow", "float32"),  # no native bfloat16: bfloat16 is emulated (slower); see docs/engines.md
+}
+
+
+def default_choice() -> tuple[str, str, str]:
+    """``(engine, precision, why)`` for this CPU, falling back to TensorFlow float32 if the engine is missing."""
+    native, evidence = native_bfloat16()
+    engine, precision = DEFAULTS[native]
+    why = f"{'native' if native else 'no native'} bfloat16 ({evidence})"
+    if engine != DEFAULT_ENGINE and (reason := get_engine(engine).missing()):
+        return DEFAULT_ENGINE, DEFAULT_PRECISION, f"{why}; {engine} {precision} would be the default, but {reason}"
+    return engine, precision, why
+
+
+def choose_engine(engine: str | None, precision: str | None) -> tuple[str, str, str]:
+    """``(engine, precision, why)`` from the command line's ``--engine`` / ``--precision`` (``None``: not given)."""
+    if engine is None and precision is None:
+        engine, precision, why = default_choice()
+        return engine, precision, f"the default for this CPU: {why}; see docs/engines.md"
+    engine = engine or DEFAULT_ENGINE
+    precision = precision or DEFAULT_PRECISION
+    why = "as asked"
+    if precision == "bfloat16" and not (native := native_bfloat16())[0]:
+        why += f"; this CPU has no native bfloat16 ({native[1]}): expect it slower than float32"
+    return engine, precision, why

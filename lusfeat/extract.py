@@ -2,12 +2,14 @@
 
     python -m lusfeat.extract [--manifest data_manifest.csv] [--backbone xception]
         [--weights imagenet|none|FILE|DIR] [--augment-copies 2] [--frame-step 1] [--out features/]
-        [--tap NAME] [--threads T] [--shard K/N | --dask ADDRESS|local:N [--shards N]]
+        [--tap NAME] [--engine tensorflow|openvino] [--precision float32|bfloat16|int8] [--threads T]
+        [--shard K/N | --dask ADDRESS|local:N [--shards N]]
     python -m lusfeat.extract merge OUT [--backbone NAME,...] [--tap NAME] [--shards FILE ...] [--overwrite]
 
 With ``--tap NAME`` it stores the backbone's intermediate activation map NAME (float16 by
 default) in ``OUT/<backbone>-<tap>.h5`` instead of pooled features, for the fine-tuning
-experiment (``lusfeat.experiments.finetune``). The engine is :mod:`lusfeat.embed`.
+experiment (``lusfeat.experiments.finetune``). The engine is :mod:`lusfeat.embed`; the network
+runs on the inference engine of ``--engine`` (:mod:`lusfeat.engines`; ``docs/engines.md``).
 
 ``--shard K/N`` extracts shard K of N (whole patients, balanced by frames) into
 ``OUT/<backbone>.shard-K-of-N.h5``; ``merge OUT`` joins the N shards into ``OUT/<backbone>.h5``,
@@ -23,9 +25,10 @@ import sys
 from pathlib import Path
 
 from lusfeat.augment import AugmentParams
-from lusfeat.backbones import BACKBONES, PRECISIONS, fetch_weights, get_spec, get_tap, resolve_weights
+from lusfeat.backbones import BACKBONES, fetch_weights, get_spec, get_tap, resolve_weights
 from lusfeat.cli import add_frame_arguments, add_verbose_argument, start
 from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames, set_tf_threads
+from lusfeat.engines import ALL_PRECISIONS, CALIBRATION_FRAMES, ENGINES, check_engine, choose_engine
 from lusfeat.errors import LusfeatError
 from lusfeat.manifest import file_sha256, read_manifest
 from lusfeat.shards import extract_shard, merge_shards, parse_shard, plan_shard, split_patients
@@ -53,9 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store the intermediate activation map NAME instead of pooled features, in "
                         "OUT/<backbone>-<tap>.h5, for lusfeat.experiments.finetune (xception: middle = middle-flow output, "
                         "19x19x728 at 299 px; block13 = block13 output, 10x10x1024)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="backbone compute type; bfloat16 is 1.3-2x faster on CPUs with AVX-512 BF16, features "
-                        "within cosine 0.999 of float32 for xception/vgg16 (default: %(default)s)")
+    parser.add_argument("--engine", choices=tuple(ENGINES), default=None,
+                        help="inference engine: tensorflow, or openvino (pip install \"lusfeat[openvino]\"; the same "
+                        "Keras model converted, cached in $LUSFEAT_CACHE_DIR or ~/.cache/lusfeat) (default: chosen for "
+                        "this CPU and logged, see docs/engines.md; tensorflow with --precision alone)")
+    parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
+                        help="backbone compute type; bfloat16 is 1.3-2.2x faster on CPUs with AVX-512 BF16, features "
+                        "within cosine 0.999 of float32 for xception/vgg16; int8 (openvino only) is NNCF "
+                        f"post-training quantisation calibrated on {CALIBRATION_FRAMES} frames of the manifest "
+                        "(--seed), faster still but less faithful (default: float32, or this CPU's default engine's)")
     parser.add_argument("--out", default="features", help="output folder, one <backbone>.h5 each (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: the usable cores; "
                         "with --dask local:N the cores over N); recorded in the file, as it changes the last bits")
@@ -152,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"--threads {args.threads}: give 1 or more TensorFlow threads")
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
         specs = [get_spec(name) for name in names]
+        engine, precision, why = choose_engine(args.engine, args.precision)
+        if args.tap and engine != "tensorflow":
+            raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {engine}: use --engine tensorflow")
+        check_engine(engine, precision)
+        log.info("engine: %s %s (%s)", engine, precision, why)
         manifest = read_manifest(args.manifest, args.data_root)
         frames = plan_frames(manifest, args.frame_step)
         if frames.empty:
@@ -173,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             config = make_config(spec, source, input_size=args.input_size, dtype=dtype,
                                  augment_copies=args.augment_copies, params=params, seed=args.seed,
-                                 frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=args.precision,
-                                 tap=args.tap)
+                                 frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=precision,
+                                 tap=args.tap, engine=engine, frames=frames)
             jobs.append((spec, source, config))
         log.info("%d frames from %d files of %d patients; %d copies each",
                  len(frames), len(manifest), manifest["patient_id"].nunique(), args.augment_copies + 1)

@@ -58,6 +58,8 @@ from lusfeat.runs import (
     PRESETS,
     SUMMARY_COLUMNS,
     FitParams,
+    check_one_engine,
+    earlier_extractions,
     final_metrics,
     fit_final,
     fit_fold,
@@ -203,12 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"several feature files of backbone {', '.join(twice)}: their results would share "
                                "RUN/<backbone>; fit them into separate --out folders")
         run_dir = Path(args.out)
+        fold_numbers = [] if args.fold is None else list(range(1, params.folds + 1)) if args.fold == "all" else [args.fold]
+        replaced = {(name, f"fold{fold}") for name in backbones for fold in fold_numbers}
+        replaced |= {(name, "final") for name in backbones} if args.final else set()
+        check_one_engine([(path, config) for path, (config, _) in zip(paths, tables, strict=True)]
+                         + earlier_extractions(run_dir, replaced))
         if args.fold is not None:
             all_frames = pd.concat([frames for _, frames in tables], ignore_index=True)
             folds, reused = load_or_make_folds(run_dir, all_frames, params.folds, params.seed)
             log.info("%s %s: %d patients in %d folds", "reusing" if reused else "made", run_dir / "folds.csv",
                      len(folds), params.folds)
-        fold_numbers = [] if args.fold is None else list(range(1, params.folds + 1)) if args.fold == "all" else [args.fold]
         import keras  # noqa: F401  (loaded here, so that the first fold's fit time is the fit's alone)
 
         rows = []

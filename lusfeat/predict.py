@@ -28,7 +28,9 @@ primary one) and the models: ``head.keras`` (pooled features -> 4 probabilities)
 ``logreg.joblib``, and with fit's default preset ``video.joblib`` (the video-level ordinal
 model, the primary one: each frame carries its video's score). Features are computed by stage one's own code
 (``lusfeat.embed``, ``lusfeat.backbones``) from the weights you give; weights or an input size
-other than the model's are refused, naming both, since they would give wrong scores silently.
+other than the model's are refused, naming both, since they would give wrong scores silently; so
+are an inference engine or precision other than the model's (``--engine``, ``--precision``:
+features are embedded as the model's features were, e.g. OpenVINO int8 from its cached model).
 
 Writes to OUT: ``frames.csv`` (per frame, for every model of the folder: class probabilities
 ``<model>_p0..p3`` and ``<model>_pred``), and by the scorer (``--scorer``, default the
@@ -68,6 +70,7 @@ from lusfeat.aggregate import RULES, agreement, global_scores, region_scores, vi
 from lusfeat.backbones import BACKBONES, get_spec, resolve_weights
 from lusfeat.cli import add_verbose_argument, start
 from lusfeat.embed import NOT_SCORED_COLUMNS, embed_frames, plan_media
+from lusfeat.engines import ALL_PRECISIONS, ENGINES, check_engine, engine_version
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_json, write_text
 from lusfeat.manifest import read_input
@@ -128,11 +131,13 @@ def nested_result(videos: pd.DataFrame, regions: pd.DataFrame, patients: pd.Data
 def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out: str | os.PathLike = "predictions",
             data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
             input_size: int | None = None, rule: str = "mode", scorer: str | None = None, batch_size: int = 32,
-            coverage: float | None = None, progress: bool = True, strict: bool = False) -> dict:
+            coverage: float | None = None, progress: bool = True, strict: bool = False, engine: str | None = None,
+            precision: str | None = None) -> dict:
     """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict.
 
     Files that cannot be read are left out and listed (``not_scored``); with ``strict`` they are refused
-    before any work. Raises :class:`LusfeatError` when no file can be scored.
+    before any work. Raises :class:`LusfeatError` when no file can be scored. ``engine`` / ``precision``:
+    only the model's are accepted (``None``: the model's).
     """
     if rule not in RULES:
         raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
@@ -150,7 +155,13 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     spec = get_spec(model.extraction.backbone)
     source = resolve_weights(spec, weights)
     check_compatible(model, source.identity, source.description,
-                     model.extraction.input_size if input_size is None else input_size, spec.feature_dim)
+                     model.extraction.input_size if input_size is None else input_size, spec.feature_dim,
+                     engine, precision)
+    check_engine(model.extraction.engine, model.extraction.precision)
+    installed = engine_version(model.extraction.engine, model.extraction.precision)
+    if model.extraction.engine_version and model.extraction.engine_version != installed:
+        log.warning("the model's features were made with %s %s, this is %s: expect tiny differences",
+                    model.extraction.engine, model.extraction.engine_version, installed)
     step = model.extraction.frame_step if frame_step is None else frame_step
     if step < 1:
         raise LusfeatError("--frame-step must be >= 1")
@@ -182,7 +193,8 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     result = {
         "model": {"folder": str(Path(model_dir).resolve()), "backbone": model.extraction.backbone,
                   "fold": model.info.get("fold"), "scorer": scorer, "models": list(model.models),
-                  "weights": model.extraction.weights,
+                  "weights": model.extraction.weights, "engine": model.extraction.engine,
+                  "precision": model.extraction.precision,
                   "input_size": model.extraction.input_size, "train_patients": len(model.info.get("train_patients", [])),
                   "lusfeat_version": model.info.get("lusfeat_version")},
         "uncertainty": uncertainty_record(model, scorer, coverage),
@@ -289,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
                         "model, video for lusfeat.fit's default preset, head for --preset paper)")
     parser.add_argument("--rule", choices=RULES, default="mode", help="region score: most frequent frame score "
                         "(ties to the higher) or argmax of the mean probabilities (default: %(default)s)")
+    parser.add_argument("--engine", choices=tuple(ENGINES), default=None,
+                        help="inference engine; only the model's is accepted (default: the model's, from model.json)")
+    parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
+                        help="backbone compute type; only the model's is accepted (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -301,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         result = predict(args.model, args.input, out=args.out, data_root=args.data_root, weights=args.weights,
                          frame_step=args.frame_step, input_size=args.input_size, rule=args.rule, scorer=args.scorer,
                          batch_size=args.batch_size, coverage=args.coverage, progress=not args.no_progress,
-                         strict=args.strict)
+                         strict=args.strict, engine=args.engine, precision=args.precision)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

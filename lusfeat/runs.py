@@ -674,6 +674,40 @@ def resolve_feature_paths(patterns: list[str] | None) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+ENGINE_FIELDS = ("engine", "precision")  # features of one run come from one engine at one precision
+
+
+def earlier_extractions(run_dir: Path, replaced: set[tuple[str, str]]) -> list[tuple[Path, ExtractionConfig]]:
+    """The extraction records of the models already in ``run_dir`` (``<backbone>/fold<k>`` and ``<backbone>/final``),
+    except the ``(backbone, folder)``s about to be replaced."""
+    found = []
+    for path in sorted(run_dir.glob("*/*/model.json")):
+        backbone, folder = path.parent.parent.name, path.parent.name
+        if not (folder == "final" or (folder.startswith("fold") and folder[4:].isdigit())) or (backbone, folder) in replaced:
+            continue
+        try:
+            found.append((path, ExtractionConfig.from_record(json.loads(path.read_text())["extraction"], str(path))))
+        except (OSError, ValueError, KeyError, TypeError, LusfeatError):
+            continue  # not ours to judge here: lusfeat.predict refuses a broken model folder
+    return found
+
+
+def check_one_engine(sources: list[tuple[Path, ExtractionConfig]]) -> None:
+    """Refuse features of different engines or precisions in one run: their results would not compare."""
+    if not sources:
+        return
+    first_path, first = sources[0]
+    problems = []
+    for path, config in sources[1:]:
+        differ = [f"{name}: {getattr(first, name)!r} vs {getattr(config, name)!r}" for name in ENGINE_FIELDS
+                  if getattr(first, name) != getattr(config, name)]
+        if differ:
+            problems.append(f"{first_path} vs {path}: {'; '.join(differ)}")
+    if problems:
+        raise LusfeatError("features of different inference engines or precisions in one run (" + " | ".join(problems)
+                           + "); extract them all with one --engine and --precision, or fit into separate --out folders")
+
+
 @dataclass
 class SavedModel:
     """A ``lusfeat.fit`` model folder: its models and what their features were made with."""
@@ -770,10 +804,17 @@ def load_saved_model(folder: str | os.PathLike) -> SavedModel:
 
 
 def check_compatible(model: SavedModel, weights_identity: str, weights_description: str, input_size: int,
-                     feature_dim: int) -> None:
-    """Raise when the features we would compute are not the ones the head was trained on."""
+                     feature_dim: int, engine: str | None = None, precision: str | None = None) -> None:
+    """Raise when the features we would compute are not the ones the head was trained on.
+
+    ``engine`` / ``precision``: those asked for (``None``: the model's own).
+    """
     recorded = model.extraction
     problems = []
+    asked = (engine or recorded.engine, precision or recorded.precision)
+    if asked != (recorded.engine, recorded.precision):
+        problems.append(f"engine: model trained on features of {recorded.engine} {recorded.precision}, you asked "
+                        f"{asked[0]} {asked[1]} (drop --engine/--precision to use the model's)")
     if recorded.pooling != "avg":
         problems.append(f"pooling: model trained on {recorded.pooling!r} features, lusfeat.predict computes whole-frame "
                         "'avg' pooled features only")

@@ -186,6 +186,7 @@ def _resized(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) for image in images])
 
 
+@pytest.mark.slow
 def test_openvino_float32_matches_tensorflow_on_real_frames(openvino, weights_dir, real_frames):
     spec = get_spec("mobilenet")
     source = resolve_weights(spec, str(weights_dir))
@@ -206,6 +207,7 @@ def test_openvino_float32_matches_tensorflow_on_real_frames(openvino, weights_di
         assert _relative_error(features, reference) < 1e-4
 
 
+@pytest.mark.slow
 def test_openvino_bfloat16_is_refused_where_it_would_run_float32(openvino, weights_dir):
     if native_bfloat16()[0]:
         pytest.skip("this CPU computes bfloat16 natively")
@@ -214,6 +216,7 @@ def test_openvino_bfloat16_is_refused_where_it_would_run_float32(openvino, weigh
         build_embed("openvino", spec, resolve_weights(spec, str(weights_dir)), 224, "bfloat16", 4)
 
 
+@pytest.mark.slow
 def test_int8_calibration_is_deterministic_for_a_seed(nncf, weights_dir, real_frames):
     from lusfeat.embed import calibration_set
     from lusfeat.engines import convert_to_openvino, openvino_model, quantize_int8
@@ -246,6 +249,7 @@ def test_int8_calibration_is_deterministic_for_a_seed(nncf, weights_dir, real_fr
         openvino_model(spec, source, 224, "int8", Calibration("other"))
 
 
+@pytest.mark.slow
 def test_extract_with_openvino_records_the_engine_and_refuses_mixing(openvino, two_patient_manifest, data_root,
                                                                       weights_dir, tmp_path, capsys):
     from lusfeat.extract import main
@@ -282,6 +286,7 @@ def _model_copy(model: Path, folder: Path, **extraction) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_predict_embeds_with_the_models_engine_or_refuses(openvino, tiny_model, data_root, weights_dir,
                                                           blues_manifest, tmp_path, capsys):
     from lusfeat.predict import main

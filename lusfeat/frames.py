@@ -191,7 +191,9 @@ def iter_frames(
 
 
 def _video_frames(path: str | os.PathLike, wanted: list[int] | None, size: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    options = {"width": size, "height": size} if size else {}
+    # Bilinear is PyAV's default too: the same pixels, but named it is ~10x faster (16.8 vs 1.3 ms a
+    # 350 px frame to 299 px on the loaded 2-core machine; docs/engines.md), the bulk of decoding.
+    options = {"width": size, "height": size, "interpolation": "BILINEAR"} if size else {}
     last = None if wanted is None else wanted[-1]
     wanted_set = None if wanted is None else set(wanted)
     with _open(path) as container:

@@ -28,6 +28,12 @@ def test_frame_step_and_resize(data_root):
     assert sorted(some) == [3, 50, 99]
     assert some[50].shape == (128, 128, 3)
     assert np.array_equal(every[50], read_frames(path, step=50)[1])
+    # The explicit (fast) bilinear resize gives PyAV's default pixels: features stay those of earlier files.
+    import av
+
+    with av.open(str(path)) as container:
+        frame = next(frame for index, frame in enumerate(container.decode(video=0)) if index == 50)
+        assert np.array_equal(some[50], frame.to_ndarray(format="rgb24", width=128, height=128))
 
 
 def test_frame_indices():

@@ -1,25 +1,31 @@
-"""Stage-one throughput: ``lusfeat.extract`` end to end against the bare network, and its peak memory.
+"""Stage-one throughput per inference engine: ``lusfeat.extract`` end to end against the bare engine call.
 
     python benchmarks/extract_throughput.py [--backbone xception,vgg16,mobilenet] [--videos 12]
-        [--frame-step 10] [--augment-copies 2] [--memory-factor 4] [--no-bfloat16] [--out FILE|DIR]
+        [--frame-step 10] [--augment-copies 2] [--engines all|ENGINE:PRECISION,...] [--memory-factor 4]
+        [--no-bfloat16] [--out FILE|DIR]
 
-For each backbone, on the same COVID-BLUES frames and augmented copies:
+For each backbone, on the same COVID-BLUES frames and augmented copies, and for each engine and
+precision (``--engines``; ``all``: every one ``lusfeat.engines`` runs on this CPU, OpenVINO's only
+where it is installed, bfloat16 on OpenVINO only with native bfloat16):
 
-- **extraction**: ``python -m lusfeat.extract`` run in a subprocess on a manifest of ``--videos``
-  videos (decode, augment, network, HDF5 write; its own clock, which starts after the model is
-  built), images/s, and the subprocess' peak resident memory (``VmHWM`` in /proc/self/status;
-  not ``ru_maxrss``, which on Linux carries the parent's RSS over fork/exec);
-- **bare**: the same images, already decoded, augmented and resized in memory, through
-  ``model.predict(batch_size=B)`` and through the compiled call that extract uses
-  (``tf.function(model(x, training=False))``), steady state after one warm-up batch, measured
-  before and after the extraction so that drift shows;
-- **memory**: extraction again on ``--memory-factor`` times as many videos (4N frames): its peak
-  resident memory should equal the one at N;
-- **bfloat16** (optional): the compiled call of the extractor ``lusfeat.extract --precision bfloat16``
-  builds (``build_feature_extractor(..., precision="bfloat16")``), its speed and the cosine
-  similarity of its features to the float32 ones on the same real frames.
+- **bare**: the same images, already decoded, augmented and resized in memory, through the very
+  call ``lusfeat.extract --engine E --precision P`` uses (``lusfeat.engines.build_embed``), steady
+  state after one warm-up batch, measured before and after the extraction so that drift shows;
+  for TensorFlow float32 also ``model.predict(batch_size=B)``;
+- **extraction**: ``python -m lusfeat.extract --engine E --precision P`` run in a subprocess on a
+  manifest of ``--videos`` videos (decode, augment, network, HDF5 write; its own clock, which
+  starts after the model is built or read from the cache), images/s, and the subprocess' peak
+  resident memory (``VmHWM`` in /proc/self/status; not ``ru_maxrss``, which on Linux carries the
+  parent's RSS over fork/exec); its ratio to the bare call is the target (>= 90%);
+- **fidelity**: cosine similarity of the engine's features to TensorFlow float32's on the same images;
+- **decoding alone**: images/s of the decode-resize-augment side of extraction with no network
+  (``lusfeat.embed.iter_spans``), what end to end costs on top of the network on shared cores;
+- **memory**: extraction (the first engine) again on ``--memory-factor`` times as many videos (4N
+  frames): its peak resident memory should equal the one at N.
 
-Prints a markdown table and writes JSON (with machine and version info) to benchmarks/results/.
+int8 is calibrated (NNCF) on the frames ``lusfeat.extract`` would choose from the small manifest,
+and cached, so that the subprocess reads the same quantised model. Prints markdown tables and
+writes JSON (with machine, load and version info) to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -83,13 +89,14 @@ def select_videos(manifest_path: Path, data_root: str | None, count: int, seed: 
 
 
 def run_extraction_subprocess(manifest: Path, data_root: str, backbone: str, weights: str, args: argparse.Namespace,
-                              work: Path) -> dict[str, Any]:
+                              work: Path, engine: str = "tensorflow", precision: str = "float32") -> dict[str, Any]:
     """``python -m lusfeat.extract`` in a fresh process; its own summary plus its peak RSS."""
-    out = work / f"features-{backbone}-{manifest.stem}"
-    record_path = work / f"child-{backbone}-{manifest.stem}.json"
+    out = work / f"features-{backbone}-{engine}-{precision}-{manifest.stem}"
+    record_path = work / f"child-{backbone}-{engine}-{precision}-{manifest.stem}.json"
     argv = ["--manifest", str(manifest), "--data-root", data_root, "--backbone", backbone, "--weights", weights,
             "--augment-copies", str(args.augment_copies), "--frame-step", str(args.frame_step),
-            "--batch-size", str(args.batch_size), "--out", str(out), "--overwrite", "--no-progress"]
+            "--batch-size", str(args.batch_size), "--engine", engine, "--precision", precision,
+            "--seed", str(args.seed), "--out", str(out), "--overwrite", "--no-progress"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -106,16 +113,37 @@ def run_extraction_subprocess(manifest: Path, data_root: str, backbone: str, wei
     return record
 
 
-def decoded_images(manifest: Path, data_root: str, spec, args: argparse.Namespace) -> np.ndarray:
-    """The exact images extract feeds the network (original + augmented copies), in memory."""
-    from lusfeat.augment import AugmentParams
-    from lusfeat.embed import iter_images, plan_frames
+def planned_frames(manifest: Path, data_root: str, args: argparse.Namespace) -> pd.DataFrame:
+    from lusfeat.embed import plan_frames
     from lusfeat.manifest import read_manifest
 
-    frames = plan_frames(read_manifest(manifest, data_root), args.frame_step)
+    return plan_frames(read_manifest(manifest, data_root), args.frame_step)
+
+
+def decoded_images(frames: pd.DataFrame, spec, args: argparse.Namespace) -> np.ndarray:
+    """The exact images extract feeds the network (original + augmented copies), in memory."""
+    from lusfeat.augment import AugmentParams
+    from lusfeat.embed import iter_images
+
     copies = args.augment_copies + 1
     blocks = list(iter_images(frames, spec.input_size, copies, args.seed, AugmentParams()))
     return np.concatenate(blocks).reshape(-1, spec.input_size, spec.input_size, 3)
+
+
+def decoding_alone(frames: pd.DataFrame, spec, args: argparse.Namespace) -> dict[str, Any]:
+    """Images/s of extraction's decode-resize-augment side alone (``iter_spans``, no network, no prefetch thread)."""
+    from lusfeat.augment import AugmentParams
+    from lusfeat.embed import iter_spans, plan_spans
+    from lusfeat.store import CHUNK_FRAMES
+
+    copies = args.augment_copies + 1
+    spans = plan_spans(len(frames), np.arange(len(frames)), CHUNK_FRAMES, copies, args.batch_size)
+    began = time.perf_counter()
+    images = sum(len(block) for _, block in iter_spans(frames, spans, spec.input_size, copies, args.seed,
+                                                       AugmentParams()))
+    seconds = time.perf_counter() - began
+    return {"seconds": seconds, "images": images, "images_per_second": images / seconds,
+            "ms_per_frame": 1000 * seconds / len(frames)}
 
 
 def time_call(call, images: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
@@ -126,45 +154,78 @@ def time_call(call, images: np.ndarray, batch_size: int) -> tuple[float, np.ndar
     return time.perf_counter() - began, np.asarray(features, np.float32)
 
 
-def bare_throughput(spec, source, images: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Images/s of ``model.predict`` and of the compiled call on in-memory images; float32 features."""
-    import keras
-
-    from lusfeat.backbones import build_feature_extractor
-    from lusfeat.embed import Embedder
-
-    keras.backend.clear_session()
-    model = build_feature_extractor(spec, source)
-    predict_seconds, features = time_call(lambda x: model.predict(x, batch_size=batch_size, verbose=0),
-                                          images, batch_size)
-    embed = Embedder(model, batch_size)
-    compiled_seconds, _ = time_call(embed, images, batch_size)
-    return {"predict_seconds": predict_seconds, "predict_images_per_second": len(images) / predict_seconds,
-            "compiled_seconds": compiled_seconds, "compiled_images_per_second": len(images) / compiled_seconds,
-            "features": features}
-
-
-def bfloat16_comparison(spec, source, images: np.ndarray, reference: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """The compiled call of the shipped bfloat16 extractor: images/s and cosine similarity to float32 features.
-
-    Built as ``lusfeat.extract --precision bfloat16`` builds it (``build_feature_extractor(...,
-    precision="bfloat16")``), so the measurement is of the code that ships.
-    """
-    import keras
-
-    from lusfeat.backbones import build_feature_extractor
-    from lusfeat.embed import Embedder
-
-    keras.backend.clear_session()
-    embed = Embedder(build_feature_extractor(spec, source, precision="bfloat16"), batch_size)
-    seconds, features = time_call(embed, images, batch_size)
+def fidelity(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Cosine similarity and relative L2 error of ``features`` to ``reference``, per image."""
     dot = np.sum(features * reference, axis=1)
     norms = np.linalg.norm(features, axis=1) * np.linalg.norm(reference, axis=1)
     cosine = dot / np.maximum(norms, 1e-12)
     relative = np.linalg.norm(features - reference, axis=1) / np.maximum(np.linalg.norm(reference, axis=1), 1e-12)
-    return {"compiled_seconds": seconds, "compiled_images_per_second": len(images) / seconds,
-            "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
-            "cosine_p01": float(np.percentile(cosine, 1)), "relative_l2_error_mean": float(relative.mean())}
+    return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
+            "cosine_p01": float(np.percentile(cosine, 1)), "relative_l2_error_mean": float(relative.mean()),
+            "relative_max_error": float(np.abs(features - reference).max() / np.abs(reference).max())}
+
+
+def calibration_for(frames: pd.DataFrame, spec, args: argparse.Namespace):
+    """The int8 calibration ``lusfeat.extract`` makes for these frames (same frames, same key, same cache entry)."""
+    from lusfeat.augment import AugmentParams
+    from lusfeat.embed import calibration_set, iter_images
+    from lusfeat.engines import Calibration
+
+    subset, key = calibration_set(frames, args.seed)
+    return Calibration(key, lambda: np.stack([copies[0] for copies in iter_images(
+        subset, spec.input_size, 1, args.seed, AugmentParams())]))
+
+
+def bare_throughput(spec, source, images: np.ndarray, args: argparse.Namespace, engine: str, precision: str,
+                    calibration=None, predict: bool = False) -> dict[str, Any]:
+    """Images/s of the engine's own call (``lusfeat.engines.build_embed``) on in-memory images, and its features;
+    with ``predict``, of TensorFlow's ``model.predict`` too."""
+    import keras
+
+    from lusfeat.backbones import build_feature_extractor
+    from lusfeat.engines import build_embed
+
+    keras.backend.clear_session()
+    record: dict[str, Any] = {}
+    if predict:
+        model = build_feature_extractor(spec, source)
+        seconds, _ = time_call(lambda x: model.predict(x, batch_size=args.batch_size, verbose=0), images,
+                               args.batch_size)
+        record.update(predict_seconds=seconds, predict_images_per_second=len(images) / seconds)
+        del model
+        keras.backend.clear_session()
+    began = time.perf_counter()
+    embed = build_embed(engine, spec, source, spec.input_size, precision, args.batch_size, calibration)
+    record["build_seconds"] = time.perf_counter() - began
+    seconds, features = time_call(embed, images, args.batch_size)
+    record.update(seconds=seconds, images_per_second=len(images) / seconds, features=features)
+    return record
+
+
+def engine_list(text: str, no_bfloat16: bool) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """``(engine, precision)`` pairs to measure, TensorFlow float32 first (the reference), and those skipped, why."""
+    from lusfeat.engines import ENGINES, native_bfloat16
+
+    skipped: dict[str, str] = {}
+    if text == "all":
+        native, evidence = native_bfloat16()
+        pairs = []
+        for engine in ENGINES.values():
+            for precision in engine.precisions:
+                if reason := engine.missing():
+                    skipped[f"{engine.name}:{precision}"] = reason
+                elif engine.name == "openvino" and precision == "bfloat16" and not native:
+                    skipped[f"{engine.name}:{precision}"] = f"OpenVINO would run float32 here ({evidence})"
+                else:
+                    pairs.append((engine.name, precision))
+    else:
+        pairs = [tuple(item.strip().split(":", 1)) if ":" in item else (item.strip(), "float32")
+                 for item in text.split(",") if item.strip()]
+    if no_bfloat16:
+        skipped.update({f"{e}:{p}": "--no-bfloat16" for e, p in pairs if p == "bfloat16"})
+        pairs = [(e, p) for e, p in pairs if p != "bfloat16"]
+    reference = ("tensorflow", "float32")
+    return [reference] + [pair for pair in pairs if pair != reference], skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,18 +242,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-factor", type=int, default=4,
                         help="the memory run uses this many times more videos; 0 skips it (default: %(default)s)")
     parser.add_argument("--memory-backbones", default=None, help="backbones for the memory run (default: all)")
-    parser.add_argument("--no-bfloat16", action="store_true", help="skip the bfloat16 comparison")
+    parser.add_argument("--engines", default="all", help="all (every engine and precision that runs here), or "
+                        "ENGINE:PRECISION,... e.g. tensorflow:float32,openvino:int8 (default: %(default)s)")
+    parser.add_argument("--no-bfloat16", action="store_true", help="skip bfloat16 (slow where it is emulated)")
     parser.add_argument("--seed", type=int, default=0, help="video choice and augmentation seed")
     parser.add_argument("--work-dir", default=None, help="scratch folder for manifests and features (default: a temp dir)")
     parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
     return parser
 
 
+def measure_backbone(name: str, spec, args: argparse.Namespace, data_root: str, small: Path, large: Path,
+                     work: Path, pairs: list[tuple[str, str]], memory: bool) -> dict[str, Any]:
+    from lusfeat.backbones import resolve_weights
+
+    print(f"[{name}] decoding the frames into memory", file=sys.stderr)
+    source = resolve_weights(spec, args.weights)
+    frames = planned_frames(small, data_root, args)
+    images = decoded_images(frames, spec, args)
+    entry: dict[str, Any] = {"images_in_memory": len(images), "input_size": spec.input_size,
+                             "decoding_alone": decoding_alone(frames, spec, args), "engines": {}}
+    reference = None
+    for engine, precision in pairs:
+        label = f"{engine}:{precision}"
+        calibration = calibration_for(frames, spec, args) if precision == "int8" else None
+        tf32 = (engine, precision) == ("tensorflow", "float32")
+        print(f"[{name}] {label}: bare call (before)", file=sys.stderr)
+        before = bare_throughput(spec, source, images, args, engine, precision, calibration, predict=tf32)
+        print(f"[{name}] {label}: lusfeat.extract subprocess", file=sys.stderr)
+        extraction = run_extraction_subprocess(small, data_root, name, args.weights, args, work, engine, precision)
+        print(f"[{name}] {label}: bare call (after)", file=sys.stderr)
+        after = bare_throughput(spec, source, images, args, engine, precision, calibration, predict=tf32)
+        features = before.pop("features")
+        after.pop("features")
+        if reference is None:
+            reference = features
+        bare = (before["images_per_second"] + after["images_per_second"]) / 2
+        record: dict[str, Any] = {"bare_before": before, "bare_after": after, "extraction_n": extraction,
+                                  "bare_images_per_second": bare,
+                                  "extract_over_bare": extraction["images_per_second"] / bare,
+                                  "fidelity": fidelity(features, reference)}
+        if tf32:
+            record["bare_predict_images_per_second"] = (before["predict_images_per_second"]
+                                                        + after["predict_images_per_second"]) / 2
+        entry["engines"][label] = record
+    first = entry["engines"][f"{pairs[0][0]}:{pairs[0][1]}"]
+    for record in entry["engines"].values():
+        record["speedup_over_tensorflow_float32"] = record["bare_images_per_second"] / first["bare_images_per_second"]
+    if memory:
+        print(f"[{name}] lusfeat.extract subprocess on {args.memory_factor}x the videos", file=sys.stderr)
+        entry["extraction_4n"] = run_extraction_subprocess(large, data_root, name, args.weights, args, work)
+        entry["peak_rss_ratio_4n_over_n"] = (entry["extraction_4n"]["peak_rss_mb"]
+                                             / first["extraction_n"]["peak_rss_mb"])
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from lusfeat.backbones import get_spec, resolve_weights
+        from lusfeat.backbones import get_spec
+        from lusfeat.engines import check_engine
         from lusfeat.manifest import resolve_data_root
 
         data_root = str(resolve_data_root(args.manifest, args.data_root))
@@ -200,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         memory_names = names if args.memory_backbones is None else [
             name.strip() for name in args.memory_backbones.split(",") if name.strip()]
         specs = {name: get_spec(name) for name in names}
+        pairs, skipped = engine_list(args.engines, args.no_bfloat16)
+        for engine, precision in pairs:
+            check_engine(engine, precision)
         with tempfile.TemporaryDirectory(prefix="lusfeat-bench-", dir=args.work_dir) as scratch:
             work = Path(scratch)
             small = work / "manifest_n.csv"
@@ -211,40 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             record: dict[str, Any] = {"benchmark": "extract_throughput", "command": command_line(
                 "extract_throughput.py", argv), "machine": machine_info(), "settings": {
                     key: value for key, value in vars(args).items() if key not in ("out", "work_dir")},
-                "backbones": {}}
+                "engines": [f"{e}:{p}" for e, p in pairs], "skipped": skipped, "backbones": {}}
             for name, spec in specs.items():
-                print(f"[{name}] decoding the frames into memory", file=sys.stderr)
-                source = resolve_weights(spec, args.weights)
-                images = decoded_images(small, data_root, spec, args)
-                print(f"[{name}] bare network on {len(images)} images (before)", file=sys.stderr)
-                before = bare_throughput(spec, source, images, args.batch_size)
-                print(f"[{name}] lusfeat.extract subprocess", file=sys.stderr)
-                extraction = run_extraction_subprocess(small, data_root, name, args.weights, args, work)
-                print(f"[{name}] bare network (after)", file=sys.stderr)
-                after = bare_throughput(spec, source, images, args.batch_size)
-                reference = before.pop("features")
-                after.pop("features")
-                bare_predict = (before["predict_images_per_second"] + after["predict_images_per_second"]) / 2
-                bare_compiled = (before["compiled_images_per_second"] + after["compiled_images_per_second"]) / 2
-                entry: dict[str, Any] = {
-                    "images_in_memory": len(images), "input_size": spec.input_size,
-                    "bare_before": before, "bare_after": after, "extraction_n": extraction,
-                    "bare_predict_images_per_second": bare_predict,
-                    "bare_compiled_images_per_second": bare_compiled,
-                    "extract_over_predict": extraction["images_per_second"] / bare_predict,
-                    "extract_over_compiled": extraction["images_per_second"] / bare_compiled,
-                }
-                if name in memory_names and args.memory_factor > 1:
-                    print(f"[{name}] lusfeat.extract subprocess on {args.memory_factor}x the videos", file=sys.stderr)
-                    entry["extraction_4n"] = run_extraction_subprocess(large, data_root, name, args.weights, args, work)
-                    entry["peak_rss_ratio_4n_over_n"] = (entry["extraction_4n"]["peak_rss_mb"]
-                                                         / extraction["peak_rss_mb"])
-                if not args.no_bfloat16:
-                    print(f"[{name}] bfloat16", file=sys.stderr)
-                    entry["bfloat16"] = bfloat16_comparison(spec, source, images, reference, args.batch_size)
-                    entry["bfloat16"]["speedup_over_float32_compiled"] = (
-                        entry["bfloat16"]["compiled_images_per_second"] / bare_compiled)
-                record["backbones"][name] = entry
+                record["backbones"][name] = measure_backbone(
+                    name, spec, args, data_root, small, large, work, pairs,
+                    memory=name in memory_names and args.memory_factor > 1)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -253,31 +336,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_tables(record: dict[str, Any]) -> str:
-    rows, memory_rows, bf16_rows = [], [], []
+    rows, predict_rows, memory_rows, decoding_rows = [], [], [], []
     for name, entry in record["backbones"].items():
-        extraction = entry["extraction_n"]
-        rows.append([name, entry["input_size"], f"{extraction['frames']} x {extraction['copies']}",
-                     entry["bare_predict_images_per_second"], entry["bare_compiled_images_per_second"],
-                     extraction["images_per_second"], f"{100 * entry['extract_over_predict']:.0f}%",
-                     f"{100 * entry['extract_over_compiled']:.0f}%"])
+        for label, engine in entry["engines"].items():
+            extraction = engine["extraction_n"]
+            rows.append([name, *label.split(":"), engine["bare_images_per_second"],
+                         f"{engine['speedup_over_tensorflow_float32']:.2f}x", extraction["images_per_second"],
+                         f"{100 * engine['extract_over_bare']:.0f}%", f"{engine['fidelity']['cosine_mean']:.5f}",
+                         f"{engine['fidelity']['cosine_min']:.5f}"])
+            if "bare_predict_images_per_second" in engine:
+                predict_rows.append([name, f"{extraction['frames']} x {extraction['copies']}",
+                                     engine["bare_predict_images_per_second"], engine["bare_images_per_second"],
+                                     extraction["images_per_second"]])
+        decoding = entry["decoding_alone"]
+        decoding_rows.append([name, entry["input_size"], decoding["images_per_second"], decoding["ms_per_frame"]])
         if "extraction_4n" in entry:
+            small = next(iter(entry["engines"].values()))["extraction_n"]
             large = entry["extraction_4n"]
-            memory_rows.append([name, extraction["frames"], extraction["peak_rss_mb"], large["frames"],
-                                large["peak_rss_mb"], entry["peak_rss_ratio_4n_over_n"]])
-        if "bfloat16" in entry:
-            bf16 = entry["bfloat16"]
-            bf16_rows.append([name, entry["bare_compiled_images_per_second"], bf16["compiled_images_per_second"],
-                              bf16["speedup_over_float32_compiled"], f"{bf16['cosine_mean']:.4f}",
-                              f"{bf16['cosine_min']:.4f}", f"{bf16['relative_l2_error_mean']:.3f}"])
-    parts = [format_table(["backbone", "px", "frames x copies", "bare model.predict img/s", "bare compiled img/s",
-                           "lusfeat.extract img/s", "extract / predict", "extract / compiled"], rows)]
+            memory_rows.append([name, small["frames"], small["peak_rss_mb"], large["frames"], large["peak_rss_mb"],
+                                entry["peak_rss_ratio_4n_over_n"]])
+    parts = [format_table(["backbone", "engine", "precision", "bare img/s", "vs TF float32", "lusfeat.extract img/s",
+                           "extract / bare", "cosine mean", "cosine min"], rows)]
+    if record.get("skipped"):
+        parts.append("skipped: " + "; ".join(f"{key} ({why})" for key, why in record["skipped"].items()))
+    parts.append(format_table(["backbone", "frames x copies", "TF model.predict img/s", "TF compiled img/s",
+                               "lusfeat.extract img/s"], predict_rows))
+    parts.append(format_table(["backbone", "px", "decode+resize+augment alone img/s", "ms per frame (all copies)"],
+                              decoding_rows))
     if memory_rows:
         k = record["settings"]["memory_factor"]
         parts.append(format_table(["backbone", "N frames", "peak RSS at N (MB)", f"{k}N frames",
                                    f"peak RSS at {k}N (MB)", f"ratio {k}N/N"], memory_rows))
-    if bf16_rows:
-        parts.append(format_table(["backbone", "float32 compiled img/s", "bfloat16 compiled img/s", "speed-up",
-                                   "cosine mean", "cosine min", "rel. L2 error"], bf16_rows))
     return "\n\n".join(parts)
 
 

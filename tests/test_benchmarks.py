@@ -64,25 +64,33 @@ def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Pa
     assert all(positive(item["video_seconds"]) for item in cache["per_fold"])
 
 
-def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path) -> None:
+def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.util import find_spec
+
+    monkeypatch.setenv("LUSFEAT_CACHE_DIR", str(tmp_path / "cache"))  # the subprocess reads the int8 model made here
+    engines = "tensorflow:float32" + (",openvino:int8" if find_spec("openvino") and find_spec("nncf") else "")
     out = tmp_path / "extract_throughput.json"
     code = extract_throughput.main([
         "--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet",
         "--videos", "1", "--frame-step", "40", "--augment-copies", "1", "--memory-factor", "2",
-        "--work-dir", str(tmp_path), "--out", str(out),
+        "--engines", engines, "--work-dir", str(tmp_path), "--out", str(out),
     ])
     assert code == 0
     record = json.loads(out.read_text())
     assert record["benchmark"] == "extract_throughput" and record["machine"]["cpu_model"]
     entry = record["backbones"]["mobilenet"]
-    for key in ("bare_predict_images_per_second", "bare_compiled_images_per_second", "extract_over_predict",
-                "extract_over_compiled", "peak_rss_ratio_4n_over_n"):
-        assert positive(entry[key]), key
-    for run in ("extraction_n", "extraction_4n"):
-        assert entry[run]["code"] == 0 and positive(entry[run]["images_per_second"])
-        assert positive(entry[run]["peak_rss_mb"])
-    assert entry["extraction_4n"]["frames"] > entry["extraction_n"]["frames"]
-    assert 0 < entry["bfloat16"]["cosine_mean"] <= 1 + 1e-6
+    assert list(entry["engines"]) == engines.split(",")
+    assert positive(entry["peak_rss_ratio_4n_over_n"]) and positive(entry["decoding_alone"]["images_per_second"])
+    reference = entry["engines"]["tensorflow:float32"]
+    assert positive(reference["bare_predict_images_per_second"])
+    assert reference["fidelity"]["cosine_min"] == pytest.approx(1.0)
+    for engine in entry["engines"].values():
+        assert positive(engine["bare_images_per_second"]) and positive(engine["extract_over_bare"])
+        assert engine["extraction_n"]["code"] == 0 and positive(engine["extraction_n"]["peak_rss_mb"])
+        assert 0 < engine["fidelity"]["cosine_mean"] <= 1 + 1e-6
+    assert entry["extraction_4n"]["code"] == 0
+    assert entry["extraction_4n"]["frames"] > reference["extraction_n"]["frames"]
 
 
 def test_calibration_benchmark_tabulates_a_fit_run(synthetic_fit_run: Path, tmp_path: Path, capsys) -> None:

@@ -22,7 +22,9 @@ calibrated on held-out training patients so that about 5% of new COVID-BLUES-lik
 flagged; the held-out fold's flag rate goes to ``metrics.json`` (``in_distribution``).
 
 Folds are over patients, made once per run folder (``RUN/folds.csv``) and reused, so several
-feature files (one per backbone) are scored on the same split. Writes, per backbone and fold,
+feature files (one per backbone) are scored on the same split. The files of one run, and the
+models already in ``RUN``, must come from one inference engine at one precision (``extract
+--engine/--precision``): a mix is refused, naming the differing fields. Writes, per backbone and fold,
 ``RUN/<backbone>/fold<k>/{predictions.csv, metrics.json, head.keras, logreg.joblib, [video.joblib], distribution.joblib,
 model.json}``,
 with ``--fold all`` also ``RUN/<backbone>/pooled/{predictions.csv, metrics.json}``, and

@@ -20,6 +20,13 @@ and macro-F1 are over frames, pooled over the held-out folds. The stage-two head
 with ``--head-seeds`` seeds to show its seed-to-seed spread (the noise against which the a-b
 difference is judged). Optionally, stage two is timed at full COVID-BLUES size on synthetic
 features and on real feature files (``--real-cache``).
+
+On a 2-core CPU the paper's method on all 63 patients costs about a quarter of an hour per fold
+(Xception, frame step 10), so two options keep a measured run within reach; both are recorded and
+printed: ``--features H5`` takes stage one from a feature file ``lusfeat.extract`` already wrote
+for exactly these frames (checked: same frames, frame step, seed, copies, backbone; stage one is
+then not timed here), and ``--paper-folds K`` trains the paper's method on the first K folds only,
+comparing time and accuracy with stage two on those same K folds.
 """
 
 from __future__ import annotations
@@ -197,6 +204,25 @@ def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespac
     return load_features(out).features, seconds, summary.seconds
 
 
+def reuse_features(path: str, frames: pd.DataFrame, spec, args: argparse.Namespace) -> np.ndarray:
+    """Stage one's features ``(copies, n, dim)`` from an existing file, refused unless it holds exactly ``frames``."""
+    from lusfeat.store import load_features
+
+    feature_set = load_features(path)
+    config = feature_set.config
+    wanted = {"backbone": spec.name, "frame_step": args.frame_step, "seed": args.seed, "copies": args.augment_copies + 1}
+    differ = [f"{key}: {getattr(config, key)!r} in the file, {value!r} here" for key, value in wanted.items()
+              if getattr(config, key) != value]
+    held = feature_set.frames[["path", "frame_index"]].astype(str).to_numpy()
+    asked = frames[["path", "frame_index"]].astype(str).to_numpy()
+    if held.shape != asked.shape or (held != asked).any():
+        differ.append(f"frames: the file holds {len(held)}, this run plans {len(asked)} (or other ones)")
+    if differ:
+        raise LusfeatError(f"--features {path} is not stage one of this run ({'; '.join(differ)}); "
+                           "drop --features to extract here")
+    return feature_set.features
+
+
 def decode_frames(frames: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray, float]:
     """All frames decoded and resized once, ``(n, size, size, 3)`` uint8, their augmentation keys, seconds."""
     from lusfeat.augment import AugmentParams, frame_key
@@ -290,9 +316,14 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
     labels = frames["score"].to_numpy(np.int64)
     n_folds = int(folds.max()) + 1
 
-    print(f"[{name}] stage one: extracting {len(frames)} frames x {args.augment_copies + 1} copies", file=sys.stderr)
-    features, extract_seconds, extract_loop_seconds = extract_features(frames, spec, source, args, manifest_sha256, work / f"{name}.h5")
-    print(f"[{name}] stage one took {extract_seconds:.1f} s; stage two per fold", file=sys.stderr)
+    if args.features:
+        print(f"[{name}] stage one: reusing {args.features} (not timed here)", file=sys.stderr)
+        features, extract_seconds, extract_loop_seconds = reuse_features(args.features, frames, spec, args), None, None
+    else:
+        print(f"[{name}] stage one: extracting {len(frames)} frames x {args.augment_copies + 1} copies", file=sys.stderr)
+        features, extract_seconds, extract_loop_seconds = extract_features(frames, spec, source, args, manifest_sha256,
+                                                                           work / f"{name}.h5")
+        print(f"[{name}] stage one took {extract_seconds:.1f} s; stage two per fold", file=sys.stderr)
     held_out = (len(frames), len(CLASSES))
     lusfeat_folds, lusfeat_proba, logistic_proba = [], np.zeros(held_out), np.zeros(held_out)
     for fold in range(n_folds):
@@ -311,7 +342,8 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
     print(f"[{name}] paper method: decoding {len(frames)} frames at {spec.input_size} px", file=sys.stderr)
     images, keys, decode_seconds = decode_frames(frames, spec.input_size)
     paper_folds, paper_proba = [], np.zeros(held_out)
-    for fold in range(n_folds):
+    compared = list(range(min(args.paper_folds or n_folds, n_folds)))  # the folds both methods are compared on
+    for fold in compared:
         print(f"[{name}] paper method: fold {fold + 1}/{n_folds}", file=sys.stderr)
         result = run_paper_fold(spec, source, images, labels, keys, folds != fold, folds == fold, args,
                                 args.seed + fold)
@@ -319,12 +351,16 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
         paper_folds.append(result)
         print(f"[{name}]   {result['seconds']:.1f} s", file=sys.stderr)
 
+    same = [lusfeat_folds[fold] for fold in compared]
+    on_compared = np.isin(folds, compared)
+    every_fold = len(compared) == n_folds
     paper_fold_seconds = float(np.mean([r["seconds"] for r in paper_folds]))
-    lusfeat_fold_seconds = float(np.mean([r["seconds"] for r in lusfeat_folds]))
-    paper_scores = frame_scores(labels, paper_proba)
-    lusfeat_scores = frame_scores(labels, lusfeat_proba)
-    seed_accuracy = [s["accuracy"] for s in seed_scores] + [lusfeat_scores["accuracy"]]
-    seed_f1 = [s["macro_f1"] for s in seed_scores] + [lusfeat_scores["macro_f1"]]
+    lusfeat_fold_seconds = float(np.mean([r["seconds"] for r in same]))
+    paper_scores = frame_scores(labels[on_compared], paper_proba[on_compared])
+    lusfeat_scores = frame_scores(labels[on_compared], lusfeat_proba[on_compared])
+    lusfeat_all_folds = frame_scores(labels, lusfeat_proba)
+    seed_accuracy = [s["accuracy"] for s in seed_scores] + [lusfeat_all_folds["accuracy"]]
+    seed_f1 = [s["macro_f1"] for s in seed_scores] + [lusfeat_all_folds["macro_f1"]]
     n_train_mean = float(np.mean([r["n_train"] for r in paper_folds]))
     n_test_mean = float(np.mean([r["n_test"] for r in paper_folds]))
     # Steady-state rate from epochs after the first (the first also traces the training step);
@@ -334,19 +370,24 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
     paper_fixed = float(np.mean([r["build_seconds"] + r["epoch_seconds"][0] - np.mean(s)
                                  for s, r in zip(steady, paper_folds, strict=True)]))
     paper_predict_rate = float(np.mean([r["predict_seconds"] / r["n_test"] for r in paper_folds]))
-    extract_rate = extract_loop_seconds / len(frames)
     full_train, full_test = FULL_FRAMES * (n_folds - 1) / n_folds, FULL_FRAMES / n_folds
+    timed_extraction = extract_seconds is not None
+    paper_end_to_end = decode_seconds + sum(r["seconds"] for r in paper_folds) if every_fold else None
+    lusfeat_end_to_end = extract_seconds + sum(r["seconds"] for r in lusfeat_folds) if timed_extraction else None
     return {
         "input_size": spec.input_size, "feature_dim": spec.feature_dim, "weights": source.identity,
         "frames": len(frames), "copies": args.augment_copies + 1,
         "n_train_mean": n_train_mean, "n_test_mean": n_test_mean,
+        "compared_folds": [fold + 1 for fold in compared], "compared_frames": int(on_compared.sum()),
+        "stage_one": f"reused {args.features} (not timed)" if args.features else "extracted and timed in this run",
         "paper": {"per_fold": paper_folds, "fold_seconds_mean": paper_fold_seconds, "decode_seconds": decode_seconds,
-                  "end_to_end_seconds": decode_seconds + sum(r["seconds"] for r in paper_folds), **paper_scores},
+                  "end_to_end_seconds": paper_end_to_end, **paper_scores},
         "lusfeat": {"per_fold": lusfeat_folds, "fold_seconds_mean": lusfeat_fold_seconds,
                     "extract_seconds": extract_seconds,
                     "extract_seconds_after_model_build": extract_loop_seconds,
-                    "fold_seconds_with_amortised_extraction": lusfeat_fold_seconds + extract_seconds / n_folds,
-                    "end_to_end_seconds": extract_seconds + sum(r["seconds"] for r in lusfeat_folds),
+                    "fold_seconds_with_amortised_extraction": lusfeat_fold_seconds + extract_seconds / n_folds
+                    if timed_extraction else None,
+                    "end_to_end_seconds": lusfeat_end_to_end, "all_folds": lusfeat_all_folds,
                     "seed_spread": {"seeds": args.head_seeds + 1, "accuracy_mean": float(np.mean(seed_accuracy)),
                                     "accuracy_sd": float(np.std(seed_accuracy, ddof=1)) if len(seed_accuracy) > 1 else None,
                                     "macro_f1_mean": float(np.mean(seed_f1)),
@@ -354,11 +395,11 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
                     "logistic_check": {"fold_seconds_mean": float(np.mean([r["logistic_seconds"] for r in lusfeat_folds])),
                                        **frame_scores(labels, logistic_proba)},
                     **lusfeat_scores},
-        "ratio_per_fold": [a["seconds"] / b["seconds"] for a, b in zip(paper_folds, lusfeat_folds, strict=True)],
+        "ratio_per_fold": [a["seconds"] / b["seconds"] for a, b in zip(paper_folds, same, strict=True)],
         "ratio_fold_mean": paper_fold_seconds / lusfeat_fold_seconds,
-        "ratio_fold_mean_with_amortised_extraction": paper_fold_seconds / (lusfeat_fold_seconds + extract_seconds / n_folds),
-        "ratio_end_to_end": (decode_seconds + sum(r["seconds"] for r in paper_folds))
-        / (extract_seconds + sum(r["seconds"] for r in lusfeat_folds)),
+        "ratio_fold_mean_with_amortised_extraction": paper_fold_seconds / (lusfeat_fold_seconds + extract_seconds / n_folds)
+        if timed_extraction else None,
+        "ratio_end_to_end": paper_end_to_end / lusfeat_end_to_end if paper_end_to_end and lusfeat_end_to_end else None,
         "accuracy_difference_a_minus_b": paper_scores["accuracy"] - lusfeat_scores["accuracy"],
         "macro_f1_difference_a_minus_b": paper_scores["macro_f1"] - lusfeat_scores["macro_f1"],
         "extrapolation_full_covid_blues": {
@@ -367,7 +408,8 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
             "paper_train_seconds_per_frame_epoch": paper_train_rate,
             "paper_fold_seconds": paper_fixed + paper_train_rate * full_train * args.epochs
             + paper_predict_rate * full_test,
-            "extract_seconds": (extract_seconds - extract_loop_seconds) + extract_rate * FULL_FRAMES,
+            "extract_seconds": (extract_seconds - extract_loop_seconds) + extract_loop_seconds / len(frames) * FULL_FRAMES
+            if timed_extraction else None,
         },
     }
 
@@ -399,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training frames to tile a real cache to (default: 31746 x (folds-1)/folds)")
     parser.add_argument("--keep-features", default=None, metavar="DIR",
                         help="write stage one's feature files here and keep them (default: a temp dir)")
+    parser.add_argument("--features", default=None, metavar="H5",
+                        help="stage one from this lusfeat.extract file of exactly these frames (one backbone; not timed)")
+    parser.add_argument("--paper-folds", type=int, default=None, metavar="K",
+                        help="train the paper's method on the first K folds only; both methods are compared on "
+                        "those folds (default: every fold)")
     parser.add_argument("--seed", type=int, default=0, help="patients, folds, augmentation, initialisation")
     parser.add_argument("--work-dir", default=None, help="scratch folder for features (default: a temp dir)")
     parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
@@ -414,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.folds < 2 or args.epochs < 1 or args.frame_step < 1:
             raise LusfeatError("--folds must be >= 2, --epochs and --frame-step >= 1")
+        if args.paper_folds is not None and not 1 <= args.paper_folds <= args.folds:
+            raise LusfeatError(f"--paper-folds {args.paper_folds}: give 1 to --folds ({args.folds})")
+        if args.features and "," in args.backbone.strip(","):
+            raise LusfeatError("--features is one backbone's file: give one --backbone")
         manifest = read_manifest(args.manifest, args.data_root)
         patients = select_patients(manifest, args.patients, args.seed)
         frames = plan_frames(manifest[manifest["patient_id"].astype(str).isin(patients)], args.frame_step)
@@ -453,21 +504,33 @@ def render_tables(record: dict[str, Any]) -> str:
     header = (f"{len(record['patients'])} patients, frame step {settings['frame_step']}: {record['frames']} frames, "
               f"{settings['folds']} patient folds, {settings['epochs']} epochs, batch {settings['batch_size']}, "
               f"stage one 1 + {settings['augment_copies']} copies")
+    def ratio(value: float | None, digits: int) -> str:
+        return "n/a" if value is None else f"{value:,.{digits}f}x"
+
+    def seconds(value: float | None) -> float | str:
+        return "n/a" if value is None else value
+
     speed, quality, extrapolated = [], [], []
     for name, entry in record["backbones"].items():
         paper, lus = entry["paper"], entry["lusfeat"]
+        folds = entry.get("compared_folds")
+        header += f"\n{name}: stage one {entry.get('stage_one', 'extracted and timed in this run')}; " + (
+            f"both methods timed and scored on fold(s) {', '.join(map(str, folds))} ({entry['compared_frames']} held-out frames)"
+            if folds else "every fold")
         speed.append([name, entry["input_size"], f"{entry['n_train_mean']:.0f} / {entry['n_test_mean']:.0f}",
-                      paper["fold_seconds_mean"], lus["fold_seconds_mean"], f"{entry['ratio_fold_mean']:,.0f}x",
+                      paper["fold_seconds_mean"], lus["fold_seconds_mean"], ratio(entry["ratio_fold_mean"], 0),
                       lus["logistic_check"]["fold_seconds_mean"],
-                      lus["extract_seconds"], f"{entry['ratio_fold_mean_with_amortised_extraction']:.1f}x",
-                      paper["end_to_end_seconds"], lus["end_to_end_seconds"], f"{entry['ratio_end_to_end']:.1f}x"])
+                      seconds(lus["extract_seconds"]), ratio(entry["ratio_fold_mean_with_amortised_extraction"], 1),
+                      seconds(paper["end_to_end_seconds"]), seconds(lus["end_to_end_seconds"]),
+                      ratio(entry["ratio_end_to_end"], 1)])
         spread = lus["seed_spread"]
         quality.append([name, paper["accuracy"], lus["accuracy"], entry["accuracy_difference_a_minus_b"],
                         paper["macro_f1"], lus["macro_f1"], entry["macro_f1_difference_a_minus_b"],
                         f"{spread['accuracy_sd']:.3f} / {spread['macro_f1_sd']:.3f}" if spread["accuracy_sd"] is not None
                         else "n/a"])
         extra = entry["extrapolation_full_covid_blues"]
-        extrapolated.append([name, extra["paper_fold_seconds"] / 60, extra["extract_seconds"] / 60])
+        extrapolated.append([name, extra["paper_fold_seconds"] / 60,
+                             "n/a" if extra["extract_seconds"] is None else extra["extract_seconds"] / 60])
     parts = [header, format_table(
         ["backbone", "px", "train / test frames per fold", "(a) paper s/fold", "(b) stage two s/fold", "a/b per fold",
          "StandardisedLogisticRegression s/fold (info)", "(b) stage one s (once)", "a / (b + stage one/folds)", "(a) end to end s", "(b) end to end s",

@@ -52,6 +52,21 @@ def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Pa
     assert all(positive(item["fit_seconds"]) for item in record["stage_two_full_size"])
     assert "| mobilenet |" in capsys.readouterr().out
 
+    # Stage one reused from the file the run above kept, the paper's method on fold 1 only.
+    out_reused = tmp_path / "reused.json"
+    common = ["--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet", "--patients",
+              "1,9", "--folds", "2", "--epochs", "1", "--augment-copies", "1", "--head-seeds", "0",
+              "--features", str(cache_dir / "mobilenet.h5")]
+    assert training_time.main([*common, "--frame-step", "90", "--paper-folds", "1", "--out", str(out_reused)]) == 0
+    reused = json.loads(out_reused.read_text())["backbones"]["mobilenet"]
+    assert reused["compared_folds"] == [1] and len(reused["paper"]["per_fold"]) == 1
+    assert len(reused["lusfeat"]["per_fold"]) == 2 and reused["lusfeat"]["extract_seconds"] is None
+    assert reused["compared_frames"] < entry["frames"] and positive(reused["ratio_fold_mean"])
+    assert reused["ratio_end_to_end"] is None and "reused" in reused["stage_one"]
+    # The same file for other frames is refused, naming what differs.
+    assert training_time.main([*common, "--frame-step", "60", "--out", str(out_reused)]) == 1
+    assert "frame_step: 90 in the file, 60 here" in capsys.readouterr().err
+
     # The real-cache timing, on the feature file the run above kept.
     out_cache = tmp_path / "cache.json"
     code = training_time.main([

@@ -38,6 +38,7 @@ from lusfeat.errors import LusfeatError
 log = logging.getLogger("lusfeat.engines")
 
 CACHE_ENV = "LUSFEAT_CACHE_DIR"
+ENGINE_ENV = "LUSFEAT_ENGINE"  # ENGINE[:PRECISION]: the default for every command line that gives neither
 CPUINFO = Path("/proc/cpuinfo")
 ALL_PRECISIONS = ("float32", "bfloat16", "int8")
 DEFAULT_ENGINE, DEFAULT_PRECISION = "tensorflow", "float32"
@@ -365,9 +366,29 @@ def default_choice() -> tuple[str, str, str]:
     return engine, precision, why
 
 
+def environment_choice() -> tuple[str, str, str] | None:
+    """``$LUSFEAT_ENGINE`` (``ENGINE`` or ``ENGINE:PRECISION``) as ``(engine, precision, why)``; ``None`` if unset.
+
+    One setting for every machine of a site or cluster, so that shards extracted on CPUs of different
+    kinds come from one engine and precision (and so that a test suite does not depend on the CPU).
+    """
+    value = os.environ.get(ENGINE_ENV, "").strip()
+    if not value:
+        return None
+    engine, _, precision = value.partition(":")
+    get_engine(engine)
+    precision = precision or DEFAULT_PRECISION
+    if precision not in ALL_PRECISIONS:
+        raise LusfeatError(f"{ENGINE_ENV}={value}: unknown precision {precision!r}; known: {', '.join(ALL_PRECISIONS)}")
+    return engine, precision, f"{ENGINE_ENV}={value}"
+
+
 def choose_engine(engine: str | None, precision: str | None) -> tuple[str, str, str]:
-    """``(engine, precision, why)`` from the command line's ``--engine`` / ``--precision`` (``None``: not given)."""
+    """``(engine, precision, why)`` from the command line's ``--engine`` / ``--precision`` (``None``: not given),
+    else ``$LUSFEAT_ENGINE``, else the measured default for this CPU."""
     if engine is None and precision is None:
+        if chosen := environment_choice():
+            return chosen
         engine, precision, why = default_choice()
         return engine, precision, f"the default for this CPU: {why}; see docs/engines.md"
     engine = engine or DEFAULT_ENGINE

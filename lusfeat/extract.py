@@ -32,6 +32,7 @@ from lusfeat.engines import ALL_PRECISIONS, CALIBRATION_FRAMES, ENGINES, check_e
 from lusfeat.errors import LusfeatError
 from lusfeat.manifest import file_sha256, read_manifest
 from lusfeat.shards import extract_shard, merge_shards, parse_shard, plan_shard, split_patients
+from lusfeat.store import existing_config
 
 log = logging.getLogger("lusfeat.extract")
 DEFAULT_BACKBONES = ("xception",)  # the backbone of the README's main job and results
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
         specs = [get_spec(name) for name in names]
         engine, precision, why = choose_engine(args.engine, args.precision)
+        defaulted = args.engine is None and args.precision is None
         if args.tap and engine != "tensorflow":
             raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {engine}: use --engine tensorflow")
         check_engine(engine, precision)
@@ -185,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(str(error))
                 print(f"error: {error}", file=sys.stderr)
                 continue
+            made_with = (engine, precision)
+            if defaulted and not args.overwrite and not shard:
+                made_with = kept_engine(output_path(Path(args.out), spec, args.tap), made_with)
             config = make_config(spec, source, input_size=args.input_size, dtype=dtype,
                                  augment_copies=args.augment_copies, params=params, seed=args.seed,
-                                 frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=precision,
-                                 tap=args.tap, engine=engine, frames=frames)
+                                 frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=made_with[1],
+                                 tap=args.tap, engine=made_with[0], frames=frames)
             jobs.append((spec, source, config))
         log.info("%d frames from %d files of %d patients; %d copies each",
                  len(frames), len(manifest), manifest["patient_id"].nunique(), args.augment_copies + 1)
@@ -222,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failures)} backbone(s) failed; see the errors above", file=sys.stderr)
         return 1
     return 0
+
+
+def kept_engine(path: Path, default: tuple[str, str]) -> tuple[str, str]:
+    """The engine and precision of the file (or partial file) already at ``path`` where they differ from the
+    default: the default is for new files, so that rerunning a command resumes or reuses its file."""
+    existing = existing_config(path)
+    if existing is None or (existing.engine, existing.precision) == default:
+        return default
+    check_engine(existing.engine, existing.precision)
+    log.info("%s was made with %s %s: kept (the default for new files here is %s %s; --overwrite to remake it)",
+             path, existing.engine, existing.precision, *default)
+    return existing.engine, existing.precision
 
 
 def run_dask(args: argparse.Namespace, jobs: list, frames, out: Path, failures: list[str]) -> int:

@@ -104,6 +104,20 @@ def read_config(file: h5py.File | str | os.PathLike) -> ExtractionConfig:
     return ExtractionConfig.from_record(file.attrs, file.filename)
 
 
+def existing_config(path: str | os.PathLike) -> ExtractionConfig | None:
+    """The config of the feature file at ``path``, or of its unfinished ``.partial``; ``None`` if neither
+    exists or can be read (the write loop then says what is wrong with it)."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + PARTIAL_SUFFIX)):
+        if candidate.is_file():
+            try:
+                with h5py.File(candidate, "r") as handle:
+                    return ExtractionConfig.from_record(handle.attrs, str(candidate))
+            except (OSError, LusfeatError):
+                return None
+    return None
+
+
 def _open_for_reading(path: str | os.PathLike) -> h5py.File:
     path = Path(path)
     if not path.is_file():

@@ -16,6 +16,9 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One engine for every test that does not choose one, whatever the CPU (extract's default depends on
+# it: lusfeat.engines.default_choice); tests of that choice unset it.
+os.environ.setdefault("LUSFEAT_ENGINE", "tensorflow:float32")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -56,7 +56,8 @@ def _relative_error(features: np.ndarray, reference: np.ndarray) -> float:
 # --------------------------------------------------------------------------- registry and choice (no engine needed)
 
 
-def test_registry_and_the_choice_of_engine_and_precision():
+def test_registry_and_the_choice_of_engine_and_precision(monkeypatch):
+    monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
     assert set(ENGINES) == {"tensorflow", "openvino"}
     assert ENGINES["openvino"].precisions == ("float32", "bfloat16", "int8")
     assert choose_engine(None, "bfloat16")[:2] == ("tensorflow", "bfloat16")  # --precision alone: as before engines
@@ -76,7 +77,22 @@ def test_a_missing_engine_names_the_extra_to_install(monkeypatch):
         check_engine("openvino", "float32")
 
 
+def test_lusfeat_engine_sets_the_default_for_every_machine(monkeypatch):
+    monkeypatch.setenv("LUSFEAT_ENGINE", "openvino:int8")
+    assert choose_engine(None, None) == ("openvino", "int8", "LUSFEAT_ENGINE=openvino:int8")
+    assert choose_engine("tensorflow", None)[:2] == ("tensorflow", "float32")  # the command line wins
+    monkeypatch.setenv("LUSFEAT_ENGINE", "openvino")
+    assert choose_engine(None, None)[:2] == ("openvino", "float32")
+    monkeypatch.setenv("LUSFEAT_ENGINE", "onnx")
+    with pytest.raises(LusfeatError, match="unknown engine 'onnx'"):
+        choose_engine(None, None)
+    monkeypatch.setenv("LUSFEAT_ENGINE", "tensorflow:fp8")
+    with pytest.raises(LusfeatError, match="LUSFEAT_ENGINE=tensorflow:fp8: unknown precision 'fp8'"):
+        choose_engine(None, None)
+
+
 def test_native_bfloat16_from_cpu_flags_decides_the_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
@@ -151,6 +167,23 @@ def test_resuming_with_another_engine_or_precision_is_refused(tmp_path):
         FeatureWriter(path, _config(precision="bfloat16"), _frames())
     with FeatureWriter(path, _config(), _frames()) as writer:  # the same request resumes
         assert writer.frames_done == len(_frames()) and not writer.complete
+
+
+def test_a_rerun_on_defaults_keeps_the_engine_its_file_was_made_with(tmp_path, monkeypatch):
+    from lusfeat.extract import kept_engine
+
+    path = tmp_path / "mobilenet.h5"
+    assert kept_engine(path, ("openvino", "float32")) == ("openvino", "float32")  # no file: the default
+    _write(path, _config(), complete=False)  # an interrupted TensorFlow float32 extraction
+    assert kept_engine(path, ("openvino", "float32")) == ("tensorflow", "float32")
+    path.with_name(path.name + ".partial").rename(path)  # finished
+    assert kept_engine(path, ("tensorflow", "float32")) == ("tensorflow", "float32")
+    int8 = _write(tmp_path / "int8" / "mobilenet.h5", _config(engine="openvino", precision="int8",
+                                                               engine_version="2026.4.1"))
+    absent = dataclasses.replace(ENGINES["openvino"], package="lusfeat_no_such_package")
+    monkeypatch.setitem(ENGINES, "openvino", absent)  # made with an engine no longer installed: said, not redone
+    with pytest.raises(LusfeatError, match=r'pip install "lusfeat\[openvino\]"'):
+        kept_engine(int8, ("tensorflow", "float32"))
 
 
 def test_fit_refuses_features_of_different_engines(tmp_path, synthetic_run, capsys):

@@ -77,6 +77,12 @@ def explain(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     spec = get_spec(model.extraction.backbone)
     source = resolve_weights(spec, weights)
     check_compatible(model, source.identity, source.description, model.extraction.input_size, spec.feature_dim)
+    made_with = (model.extraction.engine, model.extraction.precision)
+    if made_with != ("tensorflow", "float32"):
+        # Gradients need TensorFlow: the maps come from its float32 backbone, whose features the
+        # model's (OpenVINO float32: identical to 1e-4; bfloat16 / int8: cosine 0.97-0.999) approximate.
+        log.warning("the model's features came from %s %s; heat maps are computed through the TensorFlow float32 "
+                    "backbone (docs/engines.md)", *made_with)
     manifest, _ = read_input(input_path, data_root)
     step = model.extraction.frame_step
     planned = plan_frames(manifest, step)

@@ -97,11 +97,22 @@ def test_native_bfloat16_from_cpu_flags_decides_the_default(tmp_path, monkeypatc
     monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert native_bfloat16() == (True, "CPU flags avx512_bf16")
-    assert default_choice()[:2] == DEFAULTS[True]
+    assert default_choice()[:2] == DEFAULTS[True] == ("openvino", "float32")
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
     assert native_bfloat16()[0] is False
-    assert default_choice()[:2] == DEFAULTS[False]
     assert "no native bfloat16" in choose_engine(None, "bfloat16")[2]
+    assert DEFAULTS[False] == ("openvino", "float32")
+    # Without the extra, the default falls back to TensorFlow float32 and says why.
+    absent = dataclasses.replace(ENGINES["openvino"], package="lusfeat_no_such_package")
+    monkeypatch.setitem(ENGINES, "openvino", absent)
+    engine, precision, why = default_choice()
+    assert (engine, precision) == ("tensorflow", "float32")
+    assert "openvino float32 would be the default" in why and 'pip install "lusfeat[openvino]"' in why
+    monkeypatch.undo()
+    monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
+    monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
+    if find_spec("openvino") is not None:
+        assert default_choice()[:2] == ("openvino", "float32")
 
 
 def test_extract_refuses_an_engine_that_cannot_run_the_request(tmp_path, capsys):

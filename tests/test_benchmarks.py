@@ -44,7 +44,7 @@ def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Pa
         assert len(entry[method]["per_fold"]) == 2
         assert positive(entry[method]["fold_seconds_mean"]) and positive(entry[method]["end_to_end_seconds"])
         assert 0 <= entry[method]["accuracy"] <= 1 and 0 <= entry[method]["macro_f1"] <= 1
-    assert positive(entry["lusfeat"]["extract_seconds"])
+    assert positive(entry["lusfeat"]["extract_seconds"]) and positive(entry["lusfeat"]["warmup_seconds"])
     assert positive(entry["ratio_fold_mean"]) and all(positive(r) for r in entry["ratio_per_fold"])
     assert math.isfinite(entry["accuracy_difference_a_minus_b"])
     assert positive(entry["extrapolation_full_covid_blues"]["paper_fold_seconds"])

@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = [get_spec(name) for name in names]
         engine, precision, why = choose_engine(args.engine, args.precision)
         defaulted = args.engine is None and args.precision is None
+        if args.tap and args.engine is None:  # maps need TensorFlow, whatever the default for pooled features
+            engine, precision, why = "tensorflow", args.precision or "float32", "--tap maps are made by tensorflow"
         if args.tap and engine != "tensorflow":
             raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {engine}: use --engine tensorflow")
         check_engine(engine, precision)

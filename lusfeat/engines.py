@@ -92,6 +92,17 @@ def _distribution_version(*names: str) -> str:
     return "unknown"
 
 
+def padded_batches(images: np.ndarray, batch_size: int):
+    """``(batch, n)`` per ``batch_size`` slice of ``images``, the last one zero-padded to full size (``n`` real
+    rows): one input shape, so one trace or one compiled plan."""
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        yield batch, n
+
+
 # --------------------------------------------------------------------------- tensorflow
 
 
@@ -111,13 +122,7 @@ class Embedder:
         self._call = tf.function(forward, autograph=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
-            n = len(batch)
-            if n < self.batch_size:  # pad: one input shape, one trace
-                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
-            out.append(np.asarray(self._call(batch))[:n])
+        out = [np.asarray(self._call(batch))[:n] for batch, n in padded_batches(images, self.batch_size)]
         return np.concatenate(out) if out else np.empty((0, self.model.output_shape[-1]), np.float32)
 
 
@@ -276,13 +281,11 @@ class OpenVinoEmbed:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out = np.empty((len(images), self.feature_dim), np.float32)
-        for start in range(0, len(images), self.batch_size):
-            batch = np.ascontiguousarray(images[start:start + self.batch_size])
-            n = len(batch)
-            if n < self.batch_size:
-                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
-            self._request.infer({0: batch}, share_inputs=True)
+        start = 0
+        for batch, n in padded_batches(images, self.batch_size):
+            self._request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
             out[start:start + n] = self._request.get_output_tensor(0).data[:n]
+            start += n
         return out
 
 

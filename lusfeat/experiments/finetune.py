@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from lusfeat.engines import padded_batches
 from lusfeat.models.base import check_scores, integer_seeds
 from lusfeat.models.head import build_head_model, epoch_schedule
 from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights
@@ -71,13 +72,7 @@ class _Forward:
     def __call__(self, maps: np.ndarray, features: bool = False) -> np.ndarray:
         call = self._pooled if features else self._probabilities
         width = self.dim if features else len(CLASSES)
-        out = []
-        for start in range(0, len(maps), self.batch_size):
-            batch = maps[start:start + self.batch_size]
-            n = len(batch)
-            if n < self.batch_size:  # pad: one input shape, one trace
-                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
-            out.append(np.asarray(call(batch))[:n])
+        out = [np.asarray(call(batch))[:n] for batch, n in padded_batches(maps, self.batch_size)]
         return np.concatenate(out) if out else np.empty((0, width), np.float32)
 
 

@@ -1,7 +1,7 @@
 """Accuracy on real data: the paper-faithful head against candidates, on identical patient-level folds.
 
     python benchmarks/accuracy.py [--features /work/features] [--backbones xception,vgg16]
-        [--seeds 0,1,2] [--folds 3] [--methods all|NAME,...] [--out FILE|DIR]
+        [--seeds 0,1,2] [--folds 3] [--methods all|NAME,...] [--frame-step K] [--out FILE|DIR]
 
 Reads cached feature files (``FEATURES/<backbone>.h5`` from ``python -m lusfeat.extract``;
 ``FEATURES/lus_signal.h5`` from ``python -m lusfeat.experiments.lus_signal`` for the ``lus_signal`` methods;
@@ -105,7 +105,24 @@ def patient_means(X: np.ndarray, patients: np.ndarray) -> np.ndarray:
     return (sums / counts[None, :, None])[:, codes].astype(np.float32)
 
 
-def load_data(folder: Path, names: list[str]) -> Data:
+def every_kth_frame(frames: pd.DataFrame, step: int, stored_step: int) -> np.ndarray:
+    """Rows of ``frames`` (from a file made at ``stored_step``) that a run at frame step ``step`` would
+    have extracted: frame numbers divisible by ``step``. Augmentation depends only on (seed, frame,
+    copy), so these rows hold exactly the features such a run computes (same engine and calibration)."""
+    if step < 1 or step % stored_step:
+        raise LusfeatError(f"--frame-step {step}: the features were extracted every {stored_step} frame(s); "
+                           f"give a multiple of {stored_step}")
+    keep = frames["frame_index"].to_numpy() % step == 0
+    lost = sorted(set(frames["path"]) - set(frames.loc[keep, "path"]))
+    if lost:
+        raise LusfeatError(f"--frame-step {step} leaves no frame of {len(lost)} file(s), e.g. {lost[0]} "
+                           "(their manifest row names one frame); use a step that divides it, or 1")
+    return np.flatnonzero(keep)
+
+
+def load_data(folder: Path, names: list[str], frame_step: int = 1) -> Data:
+    """The feature files ``names`` in ``folder``, aligned; with ``frame_step`` > 1 only every such frame
+    (:func:`every_kth_frame`), to measure what a coarser extraction would have scored from one file."""
     from lusfeat.store import load_features
 
     derived = [name for name in names if name.endswith(PATIENT_CONTEXT)]
@@ -123,6 +140,12 @@ def load_data(folder: Path, names: list[str]) -> Data:
         sources[name] = {key: feature_set.attrs[key] for key in ("backbone", "weights", "input_size", "feature_dim",
                                                                   "copies", "frame_step", "manifest_sha256")}
         sources[name]["shape"] = list(feature_set.features.shape)
+    if frame_step > 1:
+        kept = every_kth_frame(frames, frame_step, int(sources[names[0]]["frame_step"]))
+        frames = frames.iloc[kept]
+        blocks = {name: block[:, kept] for name, block in blocks.items()}
+        for source in sources.values():
+            source["frames_kept_every"] = frame_step
     for name in derived:
         blocks[name] = patient_means(blocks[name.removesuffix(PATIENT_CONTEXT)], frames["patient_id"].to_numpy())
     return Data(frames.reset_index(drop=True), blocks, sources)
@@ -403,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nested-c", default=",".join(map(str, NESTED_C)),
                         help="C grid of the nested CV of the video-level models (default: %(default)s)")
     parser.add_argument("--no-signal", action="store_true", help="skip the lus_signal methods")
+    parser.add_argument("--frame-step", type=int, default=1, metavar="K",
+                        help="score only every K-th frame of the files (frame numbers divisible by K): what an "
+                        "extraction at --frame-step K would give, on the same folds (default: all stored frames)")
     parser.add_argument("--append", default=None, metavar="JSON",
                         help="keep the results of this earlier run (same seeds and folds) beside the methods run now")
     parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
@@ -427,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             if not methods:
                 raise LusfeatError(f"--methods {args.methods}: no method matches")
         needed = list(dict.fromkeys(name for method in methods for name in method.features))
-        data = load_data(folder, needed)
+        data = load_data(folder, needed, args.frame_step)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

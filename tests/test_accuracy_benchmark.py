@@ -19,12 +19,13 @@ if str(REPO) not in sys.path:
 from benchmarks import accuracy  # noqa: E402
 
 
-def write_feature_file(folder: Path, name: str, frames: pd.DataFrame, features: np.ndarray) -> None:
+def write_feature_file(folder: Path, name: str, frames: pd.DataFrame, features: np.ndarray,
+                       frame_step: int = 10) -> None:
     from lusfeat.store import ExtractionConfig, FeatureWriter
 
     config = ExtractionConfig(backbone=name, weights="none", input_size=64, feature_dim=features.shape[2],
                               dtype="float32", copies=features.shape[0], aug_rotation=10.0, aug_shift=0.1,
-                              aug_zoom=0.1, aug_flip=True, seed=0, frame_step=10, manifest_sha256="0" * 64)
+                              aug_zoom=0.1, aug_flip=True, seed=0, frame_step=frame_step, manifest_sha256="0" * 64)
     with FeatureWriter(folder / f"{name}.h5", config, frames) as writer:
         writer.write(0, features.astype(np.float32))
         writer.finish()
@@ -96,6 +97,41 @@ def test_accuracy_benchmark_writes_the_table_and_json(synthetic_features: Path, 
     assert merged["results"][-1]["versus_paper"]["baseline"] == "xception/paper"
     assert accuracy.main(["--features", str(synthetic_features), "--seeds", "0", "--folds", "2", "--methods",
                           "xception/logreg", "--append", str(out), "--out", str(appended)]) == 1
+
+
+def test_frame_step_scores_what_a_coarser_extraction_scores(synthetic_features: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # Every frame stored (step 1); --frame-step 2 must score exactly what a file of only the even
+    # frames (an extraction at step 2) scores, on the same folds and seeds.
+    from lusfeat.store import load_features
+
+    stored = load_features(synthetic_features / "xception.h5")
+    every = stored.frames.assign(frame_index=np.tile(np.arange(4), len(stored.frames) // 4))
+    write_feature_file(tmp_path / "every", "xception", every, stored.features, frame_step=1)
+    even = np.flatnonzero(every["frame_index"].to_numpy() % 2 == 0)
+    write_feature_file(tmp_path / "even", "xception", every.iloc[even], stored.features[:, even], frame_step=2)
+    methods = ["--seeds", "0,1", "--folds", "2", "--methods", "xception/ordinal,xception/fit-default"]
+    runs = {}
+    for name, folder, step in (("every", "every", 1), ("subsampled", "every", 2), ("even", "even", 1)):
+        out = tmp_path / f"{name}.json"
+        assert accuracy.main(["--features", str(tmp_path / folder), "--frame-step", str(step), *methods,
+                              "--out", str(out)]) == 0
+        runs[name] = json.loads(out.read_text())
+    assert runs["every"]["data"]["frames"] == 432 and runs["subsampled"]["data"]["frames"] == 216
+    assert runs["subsampled"]["feature_files"]["xception"]["frames_kept_every"] == 2
+    for mine, theirs in zip(runs["subsampled"]["results"], runs["even"]["results"], strict=True):
+        for seed_mine, seed_theirs in zip(mine["per_seed"], theirs["per_seed"], strict=True):
+            for metric in accuracy.METRICS:
+                assert seed_mine[metric] == pytest.approx(seed_theirs[metric], abs=1e-12), (mine["name"], metric)
+    assert runs["every"]["results"][0]["per_seed"] != runs["subsampled"]["results"][0]["per_seed"]
+    # A step that is not a multiple of the stored one cannot be taken from the file.
+    assert accuracy.main(["--features", str(tmp_path / "even"), "--frame-step", "3", *methods]) == 1
+    assert "every 2 frame(s); give a multiple of 2" in capsys.readouterr().err
+    # A file whose only stored frame is odd would vanish: refused, naming it.
+    odd = every.assign(frame_index=np.where(every["path"] == every["path"].iloc[0], 1, every["frame_index"]))
+    write_feature_file(tmp_path / "odd", "xception", odd, stored.features, frame_step=1)
+    assert accuracy.main(["--features", str(tmp_path / "odd"), "--frame-step", "2", *methods]) == 1
+    assert f"leaves no frame of 1 file(s), e.g. {every['path'].iloc[0]}" in capsys.readouterr().err
 
 
 def test_unknown_method_and_missing_file_are_clear_errors(synthetic_features: Path, tmp_path: Path,

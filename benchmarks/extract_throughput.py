@@ -16,8 +16,11 @@ where it is installed, bfloat16 on OpenVINO only with native bfloat16):
   manifest of ``--videos`` videos (decode, augment, network, HDF5 write; its own clock, which
   starts after the model is built or read from the cache), images/s, and the subprocess' peak
   resident memory (``VmHWM`` in /proc/self/status; not ``ru_maxrss``, which on Linux carries the
-  parent's RSS over fork/exec); its ratio to the bare call is the target (>= 90%);
-- **fidelity**: cosine similarity of the engine's features to TensorFlow float32's on the same images;
+  parent's RSS over fork/exec); its ratio to the bare call is the target (>= 90%); also its
+  **steady** rate, from the end of the first stored block (64 frames) to the end of the last, which
+  leaves out the pipeline filling (needs two blocks or more: ``--videos``, ``--frame-step``);
+- **fidelity**: cosine similarity of the engine's features to TensorFlow float32's on the same images
+  (measured first; an ``--engines`` list without ``tensorflow:float32`` skips it and the speed-up);
 - **decoding alone**: images/s of the decode-resize-augment side of extraction with no network
   (``lusfeat.embed.iter_spans``), what end to end costs on top of the network on shared cores;
 - **memory**: extraction (the first engine) again on ``--memory-factor`` times as many videos (4N
@@ -56,9 +59,11 @@ CHILD_CODE = r"""
 import json, resource, sys, time
 began = time.perf_counter()
 from lusfeat import extract
-summaries = []
+summaries, blocks = [], []
 original = extract.extract_backbone
 def recording(*args, **kwargs):
+    # (clock, frames done) when the file opens and after each stored block: the steady-state rate
+    kwargs["on_block"] = lambda done, total: blocks.append((time.perf_counter(), done))
     summary = original(*args, **kwargs)
     summaries.append(summary)
     return summary
@@ -72,7 +77,8 @@ peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if lin
 record = {"code": code, "wall_seconds": wall, "peak_rss_mb": peak_kb / 1024,
           "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "seconds": s.seconds if s else None, "frames": s.frames if s else None,
-          "copies": s.copies if s else None, "computed_frames": s.computed_frames if s else None}
+          "copies": s.copies if s else None, "computed_frames": s.computed_frames if s else None,
+          "blocks": blocks}
 with open(sys.argv[1], "w") as handle:
     json.dump(record, handle)
 raise SystemExit(code)
@@ -109,8 +115,19 @@ def run_extraction_subprocess(manifest: Path, data_root: str, backbone: str, wei
     record["process_seconds"] = time.perf_counter() - began
     record["images"] = record["computed_frames"] * record["copies"]
     record["images_per_second"] = record["images"] / record["seconds"]
+    record["steady_images_per_second"] = steady_rate(record["blocks"], record["copies"])
     record["command"] = "python -m lusfeat.extract " + " ".join(argv)
     return record
+
+
+def steady_rate(blocks: list[list[float]], copies: int) -> float | None:
+    """Images/s from the end of the first stored block to the end of the last: extraction once its
+    pipeline is full (the first block waits for its own decoding and the first inference). ``None``
+    with fewer than two blocks (give more ``--videos`` or a smaller ``--frame-step``)."""
+    if len(blocks) < 3:  # the file opening, then one stamp per block
+        return None
+    (first, done_first), (last, done_last) = blocks[1], blocks[-1]
+    return (done_last - done_first) * copies / (last - first) if last > first else None
 
 
 def planned_frames(manifest: Path, data_root: str, args: argparse.Namespace) -> pd.DataFrame:
@@ -225,6 +242,8 @@ def engine_list(text: str, no_bfloat16: bool) -> tuple[list[tuple[str, str]], di
         skipped.update({f"{e}:{p}": "--no-bfloat16" for e, p in pairs if p == "bfloat16"})
         pairs = [(e, p) for e, p in pairs if p != "bfloat16"]
     reference = ("tensorflow", "float32")
+    if text != "all" and reference not in pairs:  # throughput only: no fidelity, no speed-up column
+        return pairs, skipped
     return [reference] + [pair for pair in pairs if pair != reference], skipped
 
 
@@ -274,23 +293,27 @@ def measure_backbone(name: str, spec, args: argparse.Namespace, data_root: str, 
         after = bare_throughput(spec, source, images, args, engine, precision, calibration, predict=tf32)
         features = before.pop("features")
         after.pop("features")
-        if reference is None:
+        if reference is None and tf32:
             reference = features
         bare = (before["images_per_second"] + after["images_per_second"]) / 2
+        steady = extraction["steady_images_per_second"]
         record: dict[str, Any] = {"bare_before": before, "bare_after": after, "extraction_n": extraction,
                                   "bare_images_per_second": bare,
                                   "extract_over_bare": extraction["images_per_second"] / bare,
-                                  "fidelity": fidelity(features, reference)}
+                                  "steady_extract_over_bare": steady / bare if steady else None,
+                                  "fidelity": fidelity(features, reference) if reference is not None else None}
         if tf32:
             record["bare_predict_images_per_second"] = (before["predict_images_per_second"]
                                                         + after["predict_images_per_second"]) / 2
         entry["engines"][label] = record
     first = entry["engines"][f"{pairs[0][0]}:{pairs[0][1]}"]
-    for record in entry["engines"].values():
-        record["speedup_over_tensorflow_float32"] = record["bare_images_per_second"] / first["bare_images_per_second"]
+    if reference is not None:
+        for record in entry["engines"].values():
+            record["speedup_over_tensorflow_float32"] = (record["bare_images_per_second"]
+                                                         / first["bare_images_per_second"])
     if memory:
         print(f"[{name}] lusfeat.extract subprocess on {args.memory_factor}x the videos", file=sys.stderr)
-        entry["extraction_4n"] = run_extraction_subprocess(large, data_root, name, args.weights, args, work)
+        entry["extraction_4n"] = run_extraction_subprocess(large, data_root, name, args.weights, args, work, *pairs[0])
         entry["peak_rss_ratio_4n_over_n"] = (entry["extraction_4n"]["peak_rss_mb"]
                                              / first["extraction_n"]["peak_rss_mb"])
     return entry
@@ -340,10 +363,13 @@ def render_tables(record: dict[str, Any]) -> str:
     for name, entry in record["backbones"].items():
         for label, engine in entry["engines"].items():
             extraction = engine["extraction_n"]
+            steady, speedup, close = (engine.get("steady_extract_over_bare"),
+                                      engine.get("speedup_over_tensorflow_float32"), engine["fidelity"])
             rows.append([name, *label.split(":"), engine["bare_images_per_second"],
-                         f"{engine['speedup_over_tensorflow_float32']:.2f}x", extraction["images_per_second"],
-                         f"{100 * engine['extract_over_bare']:.0f}%", f"{engine['fidelity']['cosine_mean']:.5f}",
-                         f"{engine['fidelity']['cosine_min']:.5f}"])
+                         f"{speedup:.2f}x" if speedup else "-", extraction["images_per_second"],
+                         f"{100 * engine['extract_over_bare']:.0f}%",
+                         f"{100 * steady:.0f}%" if steady else "n/a (1 block)",
+                         f"{close['cosine_mean']:.5f}" if close else "-", f"{close['cosine_min']:.5f}" if close else "-"])
             if "bare_predict_images_per_second" in engine:
                 predict_rows.append([name, f"{extraction['frames']} x {extraction['copies']}",
                                      engine["bare_predict_images_per_second"], engine["bare_images_per_second"],
@@ -356,7 +382,7 @@ def render_tables(record: dict[str, Any]) -> str:
             memory_rows.append([name, small["frames"], small["peak_rss_mb"], large["frames"], large["peak_rss_mb"],
                                 entry["peak_rss_ratio_4n_over_n"]])
     parts = [format_table(["backbone", "engine", "precision", "bare img/s", "vs TF float32", "lusfeat.extract img/s",
-                           "extract / bare", "cosine mean", "cosine min"], rows)]
+                           "extract / bare", "steady extract / bare", "cosine mean", "cosine min"], rows)]
     if record.get("skipped"):
         parts.append("skipped: " + "; ".join(f"{key} ({why})" for key, why in record["skipped"].items()))
     parts.append(format_table(["backbone", "frames x copies", "TF model.predict img/s", "TF compiled img/s",

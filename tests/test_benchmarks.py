@@ -103,9 +103,30 @@ def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_di
     for engine in entry["engines"].values():
         assert positive(engine["bare_images_per_second"]) and positive(engine["extract_over_bare"])
         assert engine["extraction_n"]["code"] == 0 and positive(engine["extraction_n"]["peak_rss_mb"])
+        stamps = engine["extraction_n"]["blocks"]  # the file opening, then one per block of 64 frames
+        assert stamps[0][1] == 0 and stamps[-1][1] == engine["extraction_n"]["frames"] and len(stamps) == 2
+        assert engine["extraction_n"]["steady_images_per_second"] is None  # one block: no steady state
         assert 0 < engine["fidelity"]["cosine_mean"] <= 1 + 1e-6
     assert entry["extraction_4n"]["code"] == 0
     assert entry["extraction_4n"]["frames"] > reference["extraction_n"]["frames"]
+
+
+def test_engine_list_measures_tensorflow_float32_first_and_only_when_asked() -> None:
+    # TensorFlow float32 is the fidelity reference, measured first; a list without it measures
+    # throughput only (no reference run of the slowest engine).
+    pairs, skipped = extract_throughput.engine_list("openvino:int8,tensorflow:float32", no_bfloat16=False)
+    assert pairs == [("tensorflow", "float32"), ("openvino", "int8")] and skipped == {}
+    assert extract_throughput.engine_list("openvino:int8", no_bfloat16=False)[0] == [("openvino", "int8")]
+    pairs, skipped = extract_throughput.engine_list("tensorflow:bfloat16,openvino", no_bfloat16=True)
+    assert pairs == [("openvino", "float32")] and skipped == {"tensorflow:bfloat16": "--no-bfloat16"}
+
+
+def test_steady_rate_leaves_out_the_first_block() -> None:
+    # Opened at 0 s, a slow first block (64 frames by 10 s: decoding and the first inference), then
+    # 64 + 40 frames in 4 s more: the steady rate counts only those, 3 images per frame.
+    blocks = [[0.0, 0], [10.0, 64], [12.0, 128], [14.0, 168]]
+    assert extract_throughput.steady_rate(blocks, 3) == pytest.approx(104 * 3 / 4)
+    assert extract_throughput.steady_rate(blocks[:2], 3) is None
 
 
 def test_calibration_benchmark_tabulates_a_fit_run(synthetic_fit_run: Path, tmp_path: Path, capsys) -> None:

@@ -241,6 +241,8 @@ def engine_list(text: str, no_bfloat16: bool) -> tuple[list[tuple[str, str]], di
     if no_bfloat16:
         skipped.update({f"{e}:{p}": "--no-bfloat16" for e, p in pairs if p == "bfloat16"})
         pairs = [(e, p) for e, p in pairs if p != "bfloat16"]
+    if not pairs:
+        raise LusfeatError(f"--engines {text}: nothing left to measure ({', '.join(skipped) or 'empty list'} skipped)")
     reference = ("tensorflow", "float32")
     if text != "all" and reference not in pairs:  # throughput only: no fidelity, no speed-up column
         return pairs, skipped

@@ -119,6 +119,10 @@ def test_engine_list_measures_tensorflow_float32_first_and_only_when_asked() -> 
     assert extract_throughput.engine_list("openvino:int8", no_bfloat16=False)[0] == [("openvino", "int8")]
     pairs, skipped = extract_throughput.engine_list("tensorflow:bfloat16,openvino", no_bfloat16=True)
     assert pairs == [("openvino", "float32")] and skipped == {"tensorflow:bfloat16": "--no-bfloat16"}
+    from lusfeat.errors import LusfeatError
+
+    with pytest.raises(LusfeatError, match="nothing left to measure"):
+        extract_throughput.engine_list("tensorflow:bfloat16", no_bfloat16=True)
 
 
 def test_steady_rate_leaves_out_the_first_block() -> None:

@@ -18,6 +18,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import extract_throughput, training_time  # noqa: E402
+from lusfeat.errors import LusfeatError  # noqa: E402
 
 
 def positive(value: float) -> bool:
@@ -119,8 +120,6 @@ def test_engine_list_measures_tensorflow_float32_first_and_only_when_asked() -> 
     assert extract_throughput.engine_list("openvino:int8", no_bfloat16=False)[0] == [("openvino", "int8")]
     pairs, skipped = extract_throughput.engine_list("tensorflow:bfloat16,openvino", no_bfloat16=True)
     assert pairs == [("openvino", "float32")] and skipped == {"tensorflow:bfloat16": "--no-bfloat16"}
-    from lusfeat.errors import LusfeatError
-
     with pytest.raises(LusfeatError, match="nothing left to measure"):
         extract_throughput.engine_list("tensorflow:bfloat16", no_bfloat16=True)
 

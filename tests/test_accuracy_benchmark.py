@@ -170,3 +170,12 @@ def test_a_video_is_a_patient_and_video_pair(tmp_path: Path) -> None:
     for shared, unique in zip(records["shared"]["results"], records["unique"]["results"], strict=True):
         assert shared["per_seed"] == unique["per_seed"], shared["name"]
         assert shared["chosen_c"] == unique["chosen_c"], shared["name"]
+
+
+def test_paper_30_epochs_differs_from_the_paper_head_in_epochs_only() -> None:
+    # Every frame gives the 3-epoch paper head ten times the gradient steps; this row, run at frame
+    # step 10, gives it those steps without the frames.
+    methods = {method.name: method for method in accuracy.build_methods(["xception"], signal=False)}
+    paper, longer = methods["xception/paper"].make(0), methods["xception/paper-30ep"].make(0)
+    assert (paper.epochs, longer.epochs) == (3, 30)
+    assert {**paper.get_params(), "epochs": 30} == longer.get_params()

@@ -7,9 +7,12 @@ keeps them alike without one importing another.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 
 
 def start(verbose: bool = False, *, tensorflow: bool = True) -> None:
@@ -47,6 +50,29 @@ def _import_tensorflow(silence_native_stderr: bool) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM stops the command the way Ctrl-C does (a ``KeyboardInterrupt``).
+
+    Batch schedulers and ``kill`` stop jobs with SIGTERM, whose default ends Python at once: no
+    ``finally``, no message. Raised as an interrupt instead, the partial feature file is closed as
+    after Ctrl-C and the command prints how to resume. Outside the main thread (where Python cannot
+    install handlers) this does nothing.
+    """
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:

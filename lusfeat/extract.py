@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lusfeat.augment import AugmentParams
 from lusfeat.backbones import BACKBONES, fetch_weights, get_spec, get_tap, resolve_weights
-from lusfeat.cli import add_frame_arguments, add_verbose_argument, start
+from lusfeat.cli import add_frame_arguments, add_verbose_argument, sigterm_interrupts, start
 from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames, set_tf_threads
 from lusfeat.engines import ALL_PRECISIONS, CALIBRATION_FRAMES, ENGINES, check_engine, choose_engine
 from lusfeat.errors import LusfeatError
@@ -208,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    if args.dask:
-        return run_dask(args, jobs, frames, out, failures)
+    with sigterm_interrupts():
+        if args.dask:
+            return run_dask(args, jobs, frames, Path(args.out), failures)
+        return run_local(args, jobs, frames, Path(args.out), shard, failures)
+
+
+def run_local(args: argparse.Namespace, jobs: list, frames, out: Path, shard: tuple[int, int] | None,
+              failures: list[str]) -> int:
     for spec, source, config in jobs:
         try:
             options = {"batch_size": args.batch_size, "overwrite": args.overwrite, "progress": not args.no_progress}
@@ -222,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         except LusfeatError as error:
             failures.append(str(error))
             print(f"error: {error}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print(f"interrupted: rerun the same command to resume {spec.name} where it stopped", file=sys.stderr)
+        except KeyboardInterrupt as stop:
+            by = f" ({stop})" if str(stop) else ""  # names SIGTERM; Ctrl-C says nothing
+            print(f"interrupted{by}: rerun the same command to resume {spec.name} where it stopped", file=sys.stderr)
             return 130
     if failures:
         print(f"{len(failures)} backbone(s) failed; see the errors above", file=sys.stderr)

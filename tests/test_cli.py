@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -46,3 +49,26 @@ def test_start_without_tensorflow_does_not_import_it(monkeypatch):
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
     cli.start(tensorflow=False)
     assert calls == []
+
+
+def test_sigterm_interrupts_like_ctrl_c_inside_the_block_only():
+    def before(signum, frame):  # were the block's handler missing, SIGTERM would end pytest itself
+        raise AssertionError("SIGTERM reached the handler from before the block")
+
+    outer = signal.signal(signal.SIGTERM, before)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), cli.sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler's KeyboardInterrupt ends the sleep at once
+    assert signal.getsignal(signal.SIGTERM) is before
+    # Another thread cannot install handlers: the block runs, unchanged.
+    ran = []
+
+    def in_a_thread() -> None:
+        with cli.sigterm_interrupts():
+            ran.append(signal.getsignal(signal.SIGTERM) is before)
+
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert ran == [True] and signal.getsignal(signal.SIGTERM) is before
+    signal.signal(signal.SIGTERM, outer)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +45,23 @@ def test_two_patients_end_to_end(two_patient_manifest, data_root, weights_dir, t
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_features(two_patient_manifest, data_root, weights_dir, tmp_path,
-                                                       monkeypatch):
+                                                       monkeypatch, capsys):
     step = ("--frame-step", "10", "--augment-copies", "1")  # two 64-frame blocks at least
     assert _run(two_patient_manifest, tmp_path / "whole", data_root, str(weights_dir), *step) == 0
     original_write = FeatureWriter.write
     calls = []
 
-    def dies_after_one_block(self, start, features):
-        if calls:
-            raise KeyboardInterrupt
+    def killed_after_one_block(self, start, features):
+        if calls:  # as a batch scheduler stops a job: SIGTERM, to be handled like Ctrl-C
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler's KeyboardInterrupt ends the sleep at once
+            raise AssertionError("SIGTERM did not interrupt the extraction")
         calls.append(start)
         original_write(self, start, features)
 
-    monkeypatch.setattr(FeatureWriter, "write", dies_after_one_block)
+    monkeypatch.setattr(FeatureWriter, "write", killed_after_one_block)
     assert _run(two_patient_manifest, tmp_path / "cut", data_root, str(weights_dir), *step) == 130
+    assert "interrupted (signal SIGTERM): rerun the same command to resume mobilenet" in capsys.readouterr().err
     assert (tmp_path / "cut" / "mobilenet.h5.partial").exists() and not (tmp_path / "cut" / "mobilenet.h5").exists()
     monkeypatch.setattr(FeatureWriter, "write", original_write)
     assert _run(two_patient_manifest, tmp_path / "cut", data_root, str(weights_dir), *step) == 0

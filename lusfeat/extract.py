@@ -214,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_local(args, jobs, frames, Path(args.out), shard, failures)
 
 
+def _interrupted(stop: KeyboardInterrupt) -> str:
+    """'interrupted (signal SIGTERM)' for a SIGTERM, plain 'interrupted' for Ctrl-C."""
+    return f"interrupted ({stop})" if str(stop) else "interrupted"
+
+
 def run_local(args: argparse.Namespace, jobs: list, frames, out: Path, shard: tuple[int, int] | None,
               failures: list[str]) -> int:
+    """Each backbone in turn in this process; an interrupt keeps the partial file for a resume."""
     for spec, source, config in jobs:
         try:
             options = {"batch_size": args.batch_size, "overwrite": args.overwrite, "progress": not args.no_progress}
@@ -228,8 +234,8 @@ def run_local(args: argparse.Namespace, jobs: list, frames, out: Path, shard: tu
             failures.append(str(error))
             print(f"error: {error}", file=sys.stderr)
         except KeyboardInterrupt as stop:
-            by = f" ({stop})" if str(stop) else ""  # names SIGTERM; Ctrl-C says nothing
-            print(f"interrupted{by}: rerun the same command to resume {spec.name} where it stopped", file=sys.stderr)
+            print(f"{_interrupted(stop)}: rerun the same command to resume {spec.name} where it stopped",
+                  file=sys.stderr)
             return 130
     if failures:
         print(f"{len(failures)} backbone(s) failed; see the errors above", file=sys.stderr)
@@ -250,6 +256,7 @@ def kept_engine(path: Path, default: tuple[str, str]) -> tuple[str, str]:
 
 
 def run_dask(args: argparse.Namespace, jobs: list, frames, out: Path, failures: list[str]) -> int:
+    """Shards of every backbone on a Dask cluster, then merged; finished shards survive an interrupt."""
     from lusfeat.cluster import extract_on_dask
 
     try:
@@ -260,9 +267,9 @@ def run_dask(args: argparse.Namespace, jobs: list, frames, out: Path, failures: 
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command (same --shards) to resume every shard where it stopped",
-              file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"{_interrupted(stop)}: rerun the same command (same --shards) to resume every shard where it "
+              "stopped", file=sys.stderr)
         return 130
     for result in results:
         for summary in result.summaries:

@@ -17,6 +17,10 @@ of CPU (trace included); XLA (``jit_compile``) took over 100 s.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
@@ -57,6 +61,26 @@ def epoch_schedule(n: int, copies: int, epochs: int, batch_size: int,
     return index.reshape(epochs * steps, batch_size, 2), weight.reshape(epochs * steps, batch_size)
 
 
+def _drop_retracing_warning(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _one_trace_per_fit_expected() -> Iterator[None]:
+    """Silence TensorFlow's "N out of the last N calls ... triggered tf.function retracing".
+
+    Each fit builds a new model and traces its own compiled loop once, by design. TensorFlow counts
+    traces per code object, not per function, so from the sixth fit in a process (cross-validation,
+    seeds) it warns of a problem there is not. Only that message, only during the call.
+    """
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(_drop_retracing_warning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_drop_retracing_warning)
+
+
 def _train(model, optimizer, X: np.ndarray, y: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Run every step in one compiled loop; ``(steps, 2)`` per-step (loss, correct frames)."""
     import keras
@@ -85,8 +109,9 @@ def _train(model, optimizer, X: np.ndarray, y: np.ndarray, index: np.ndarray, we
             record = record.write(step, tf.stack([loss, tf.reduce_sum(correct * real)]))
         return record.stack()
 
-    return run(tf.convert_to_tensor(X), tf.convert_to_tensor(y), tf.convert_to_tensor(index),
-               tf.convert_to_tensor(weight)).numpy()
+    with _one_trace_per_fit_expected():
+        return run(tf.convert_to_tensor(X), tf.convert_to_tensor(y), tf.convert_to_tensor(index),
+                   tf.convert_to_tensor(weight)).numpy()
 
 
 class SeverityHead(ClassifierMixin, BaseEstimator):

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -127,3 +131,21 @@ def test_fast_scaler_matches_scikit_learn():
     for name in ("mean_", "var_", "scale_"):
         np.testing.assert_allclose(getattr(fast, name), getattr(expected, name), rtol=1e-10)
     np.testing.assert_allclose(fast.transform(X), expected.transform(X), atol=1e-6)
+
+
+def test_many_fits_in_one_process_do_not_warn_of_retracing():
+    # A fresh process: TensorFlow warns of retracing at most a few times per process, so in the
+    # test session's own process earlier fits could have used those warnings up.
+    script = """
+import numpy as np
+from lusfeat.models.head import SeverityHead
+X = np.random.default_rng(0).normal(size=(2, 40, 8)).astype("float32")
+for seed in range(7):
+    SeverityHead(random_state=seed).fit(X, np.arange(40) % 4)
+print("fitted")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "fitted"
+    assert "retracing" not in done.stderr

@@ -55,20 +55,21 @@ def test_sigterm_interrupts_like_ctrl_c_inside_the_block_only():
     def before(signum, frame):  # were the block's handler missing, SIGTERM would end pytest itself
         raise AssertionError("SIGTERM reached the handler from before the block")
 
-    outer = signal.signal(signal.SIGTERM, before)
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), cli.sigterm_interrupts():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler's KeyboardInterrupt ends the sleep at once
-    assert signal.getsignal(signal.SIGTERM) is before
-    # Another thread cannot install handlers: the block runs, unchanged.
-    ran = []
-
     def in_a_thread() -> None:
         with cli.sigterm_interrupts():
             ran.append(signal.getsignal(signal.SIGTERM) is before)
 
-    worker = threading.Thread(target=in_a_thread)
-    worker.start()
-    worker.join()
-    assert ran == [True] and signal.getsignal(signal.SIGTERM) is before
-    signal.signal(signal.SIGTERM, outer)
+    outer = signal.signal(signal.SIGTERM, before)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"), cli.sigterm_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler's KeyboardInterrupt ends the sleep at once
+        assert signal.getsignal(signal.SIGTERM) is before
+        # Another thread cannot install handlers: the block runs, unchanged.
+        ran = []
+        worker = threading.Thread(target=in_a_thread)
+        worker.start()
+        worker.join()
+        assert ran == [True] and signal.getsignal(signal.SIGTERM) is before
+    finally:  # the rest of the session keeps pytest's own SIGTERM handling, even after a failure
+        signal.signal(signal.SIGTERM, outer)

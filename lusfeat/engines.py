@@ -291,19 +291,38 @@ class OpenVinoEmbed:
 
 def _build_openvino(spec: BackboneSpec, source: WeightsSource, input_size: int, precision: str, batch_size: int,
                     calibration: Calibration | None = None) -> Embed:
-    import openvino as ov
-
     model = openvino_model(spec, source, input_size, precision, calibration)
     model.reshape([batch_size, input_size, input_size, 3])  # static shapes: one plan, as the TF engine's one trace
-    wanted = _ov_precision(precision)
-    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": wanted})
-    effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    if wanted == "bf16" and "bf16" not in effective.lower():
-        supported, evidence = native_bfloat16()
-        raise LusfeatError(f"{spec.name}: OpenVINO runs {effective}, not bfloat16, on this CPU ({evidence}): its features "
+    compiled = compile_openvino(model, precision)
+    check_inference_precision(spec.name, precision, compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return OpenVinoEmbed(compiled, batch_size, spec.feature_dim)
+
+
+def compile_openvino(model, precision: str):
+    """``model`` compiled for this CPU with the inference-precision hint of ``precision``."""
+    import openvino as ov
+
+    return ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                  "INFERENCE_PRECISION_HINT": _ov_precision(precision)})
+
+
+def check_inference_precision(name: str, precision: str, reported) -> None:
+    """Refuse bfloat16 where OpenVINO reports it will compute in another precision (a CPU without native bfloat16
+    silently falls back to float32). ``reported`` is what the compiled model's ``INFERENCE_PRECISION_HINT`` says:
+    an ``openvino.Type`` (``<Type: 'bfloat16'>``), compared as a type, never by its text."""
+    import openvino as ov
+
+    if precision != "bfloat16":
+        return
+    if isinstance(reported, ov.Type):
+        runs_bfloat16 = reported == ov.Type.bf16
+    else:  # a string, as some OpenVINO versions answer: its element-type names
+        runs_bfloat16 = str(reported).strip().lower() in {"bf16", "bfloat16"}
+    if not runs_bfloat16:
+        evidence = native_bfloat16()[1]
+        raise LusfeatError(f"{name}: OpenVINO runs {reported}, not bfloat16, on this CPU ({evidence}): its features "
                            "would be float32 ones labelled bfloat16. Use --precision float32 here, or a CPU with "
                            "AVX-512 BF16 or AMX")
-    return OpenVinoEmbed(compiled, batch_size, spec.feature_dim)
 
 
 # --------------------------------------------------------------------------- the registry

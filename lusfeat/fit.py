@@ -16,7 +16,7 @@ Models (column prefixes of ``predictions.csv``):
 ``video`` adds ``video`` and makes it the primary model (what ``lusfeat.predict`` scores with).
 
 Every preset also fits, per fold, a distribution check of the training videos
-(``lusfeat.models.distribution.VideoDistribution``, ``distribution.joblib``): ``lusfeat.predict``
+(``lusfeat.models.distribution.VideoDistribution``, ``distribution.json``/``.npz``): ``lusfeat.predict``
 tells with it which new videos are unlike anything the model was trained on. Its threshold is
 calibrated on held-out training patients so that about 5% of new COVID-BLUES-like videos are
 flagged; the held-out fold's flag rate goes to ``metrics.json`` (``in_distribution``).
@@ -25,8 +25,8 @@ Folds are over patients, made once per run folder (``RUN/folds.csv``) and reused
 feature files (one per backbone) are scored on the same split. The files of one run, and the
 models already in ``RUN``, must come from one inference engine at one precision (``extract
 --engine/--precision``): a mix is refused, naming the differing fields. Writes, per backbone and fold,
-``RUN/<backbone>/fold<k>/{predictions.csv, metrics.json, head.keras, logreg.joblib, [video.joblib], distribution.joblib,
-model.json}``,
+``RUN/<backbone>/fold<k>/{predictions.csv, metrics.json, model.json}`` and the models saved as data
+(``head``, ``logreg``, [``video``], ``distribution``: ``.json`` + ``.npz`` each, ``docs/formats.md``),
 with ``--fold all`` also ``RUN/<backbone>/pooled/{predictions.csv, metrics.json}``, and
 ``RUN/summary.csv``; the summary table is printed on stdout, progress goes to stderr.
 

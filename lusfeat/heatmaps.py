@@ -84,7 +84,7 @@ def target_function(model, name: str) -> tuple[Callable, str]:
 
         return video_latent, "video latent severity (ordinal w.z; higher = more severe)"
     if name == "head":
-        layer = model.get_layer("severity")
+        layer = model.model_.get_layer("severity")
         kernel = tf.constant(np.asarray(layer.kernel), tf.float32)
         bias = tf.constant(np.asarray(layer.bias), tf.float32)
 
@@ -95,11 +95,10 @@ def target_function(model, name: str) -> tuple[Callable, str]:
 
         return head_logit, "frame logit of the head's predicted score"
     if name == "logreg":
-        scaler, regression = model[0], model[-1]
-        if regression.coef_.shape[0] != len(regression.classes_):
+        if model.coef_.shape[0] != len(model.fitted_classes_):
             raise LusfeatError("heat maps of the regression need a multinomial fit over 3 or more scores")
-        weights = tf.constant((regression.coef_ / scaler.scale_).T, tf.float32)
-        offset = tf.constant(regression.intercept_ - (regression.coef_ / scaler.scale_) @ scaler.mean_, tf.float32)
+        weights = tf.constant((model.coef_ / model.scale_).T, tf.float32)
+        offset = tf.constant(model.intercept_ - (model.coef_ / model.scale_) @ model.mean_, tf.float32)
 
         def logreg_logit(features):
             logits = features @ weights + offset

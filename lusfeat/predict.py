@@ -24,8 +24,9 @@ decode, with a warning naming it and both counts.
 
 The model folder is one that ``lusfeat.fit`` wrote: ``model.json`` (backbone, weights identity,
 input size, pooling, frame step of the features it was trained on; the models trained and the
-primary one) and the models: ``head.keras`` (pooled features -> 4 probabilities),
-``logreg.joblib``, and with fit's default preset ``video.joblib`` (the video-level ordinal
+primary one, each model file's sha256) and the models saved as data (``<model>.json`` +
+``<model>.npz``, ``docs/formats.md``; a folder holding a pickle is refused): ``head`` (pooled features
+-> 4 probabilities), ``logreg``, and with fit's default preset ``video`` (the video-level ordinal
 model, the primary one: each frame carries its video's score). Features are computed by stage one's own code
 (``lusfeat.embed``, ``lusfeat.backbones``) from the weights you give; weights or an input size
 other than the model's are refused, naming both, since they would give wrong scores silently; so

@@ -4,8 +4,8 @@
 
     RUN/folds.csv                      patient -> fold, made once and reused (lusfeat.folds)
     RUN/summary.csv                    one row per backbone, fold and model
-    RUN/<backbone>/fold<k>/            predictions.csv, metrics.json, model.json and the models:
-                                       head.keras, logreg.joblib, [video.joblib], distribution.joblib
+    RUN/<backbone>/fold<k>/            predictions.csv, metrics.json, model.json and the models, saved as data
+                                       (lusfeat.models.saving): head, logreg, [video], distribution .json + .npz
     RUN/<backbone>/pooled/             predictions.csv, metrics.json of all folds together
     RUN/<backbone>/final/              fit --final: every model trained on all patients; model.json,
                                        metrics.json (no held-out test: see pooled/) and the models
@@ -42,15 +42,16 @@ import pandas as pd
 from lusfeat import __version__
 from lusfeat.aggregate import region_scores, video_scores
 from lusfeat.errors import LusfeatError
-from lusfeat.files import json_ready, replace_atomically, write_csv, write_json
+from lusfeat.files import json_ready, write_csv, write_json
 from lusfeat.folds import assert_patients_disjoint, make_folds, patient_strata, split_frames
 from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
 from lusfeat.models.calibration import TemperatureScaling
 from lusfeat.models.conformal import ConformalScoreSets, format_set, parse_set
 from lusfeat.models.distribution import VideoDistribution
 from lusfeat.models.head import SeverityHead
-from lusfeat.models.linear import StandardisedLogisticRegression, pipeline_probabilities
+from lusfeat.models.linear import StandardisedLogisticRegression
 from lusfeat.models.ordinal import OrdinalLogisticRegression, decide
+from lusfeat.models.saving import load_estimator, save_estimator
 from lusfeat.models.video import VideoPoolingClassifier
 from lusfeat.scores import CLASSES, argmax_high
 from lusfeat.store import FORMAT_VERSION, ExtractionConfig, FeatureSet, read_config, read_frame_table
@@ -61,8 +62,11 @@ FRAME_COLUMNS = ["path", "frame_index", "patient_id", "region", "video_id", "gro
 MODELS = ("head", "logreg", "video")  # column order in predictions.csv
 PRESETS = {"video": ("video", "head", "logreg"), "paper": ("head", "logreg")}  # primary model first
 OWN_DECISION = ("video",)  # models whose score is their own rule (ordinal median), not the argmax
-MODEL_FILES = {"head": "head.keras", "logreg": "logreg.joblib", "video": "video.joblib"}
-DISTRIBUTION_FILE = "distribution.joblib"  # VideoDistribution: is a new video like the training videos?
+MODEL_FILES = {"head": "head", "logreg": "logreg", "video": "video"}  # saved as <name>.json + <name>.npz
+DISTRIBUTION_FILE = "distribution"  # VideoDistribution: is a new video like the training videos?
+MODEL_FORMAT = 2  # model folders of format 1 held pickles (joblib) and a .keras file: refused, refit
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+FORMAT_1_FILES = ("head.keras", "logreg.joblib", "video.joblib", "distribution.joblib")
 MIN_CALIBRATION_PATIENTS = 10  # fewer training patients: fit warns that the distribution check's threshold is unreliable
 SUMMARY_COLUMNS = ["backbone", "fold", "model", "accuracy", "macro_f1", "qwk", "roc_auc", "seconds"]
 ACCURACY_GAP_WARNING = 0.05  # the head may trail the regression by this much before we warn
@@ -595,8 +599,7 @@ def model_record(backbone: str, result: FoldResult, features: FeatureSet, params
         "train_patients": result.train_patients,
         "models": list(result.models),
         "primary": next(iter(result.models)),
-        "files": {name: MODEL_FILES[name] for name in result.models},
-        **({"distribution": {"file": DISTRIBUTION_FILE, "threshold": result.distribution.threshold_,
+        **({"distribution": {"threshold": result.distribution.threshold_,
                              "quantile": result.distribution.quantile, "pooling": list(result.distribution.pooling),
                              "components": result.distribution.n_components_}}
            if result.distribution is not None else {}),
@@ -609,23 +612,23 @@ def model_record(backbone: str, result: FoldResult, features: FeatureSet, params
 
 def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame | None, metrics: dict[str, Any],
                model: dict[str, Any]) -> None:
-    import joblib
-
+    """Write a fold (or the final model): predictions, metrics, every estimator as data and model.json last,
+    recording each estimator file's sha256 (checked by :func:`load_saved_model`)."""
     folder.mkdir(parents=True, exist_ok=True)
     if predictions is None:  # the final model: nothing held out
         (folder / "predictions.csv").unlink(missing_ok=True)
     else:
         write_csv(predictions, folder / "predictions.csv")
     write_json(metrics, folder / "metrics.json")
-    replace_atomically(folder / MODEL_FILES["head"], result.head.model_.save)
-    replace_atomically(folder / MODEL_FILES["logreg"], lambda target: joblib.dump(result.logreg.pipeline_, target))
-    if "video" in result.models:
-        replace_atomically(folder / MODEL_FILES["video"], lambda target: joblib.dump(result.models["video"], target))
-    else:
-        (folder / MODEL_FILES["video"]).unlink(missing_ok=True)  # a paper refit must not leave an older video model
-    if result.distribution is not None:
-        replace_atomically(folder / DISTRIBUTION_FILE, lambda target: joblib.dump(result.distribution, target))
-    write_json(model, folder / "model.json")
+    files: dict[str, str] = {}
+    saved = {**result.models, **({DISTRIBUTION_FILE: result.distribution} if result.distribution is not None else {})}
+    for name, estimator in saved.items():
+        files.update(save_estimator(estimator, folder, name))
+    # an earlier fit's files (the video model a paper refit drops, a format-1 folder's pickles) must not stay
+    stale = {f"{name}{suffix}" for name in (*MODEL_FILES, DISTRIBUTION_FILE) for suffix in (".json", ".npz")}
+    for name in (stale | set(FORMAT_1_FILES)) - set(files):
+        (folder / name).unlink(missing_ok=True)
+    write_json({**model, "model_format": MODEL_FORMAT, "files": files}, folder / "model.json")
 
 
 def write_pooled(folder: Path, predictions: pd.DataFrame, metrics: dict[str, Any]) -> None:
@@ -715,7 +718,7 @@ class SavedModel:
     folder: Path
     info: dict
     extraction: ExtractionConfig
-    models: dict[str, object]  # name -> keras.Model "head" | sklearn Pipeline "logreg" | VideoPoolingClassifier "video"
+    models: dict[str, Any]  # name -> fitted estimator (SeverityHead, StandardisedLogisticRegression, VideoPoolingClassifier)
     primary: str
     posthoc: dict[str, PostHoc] = dataclasses.field(default_factory=dict)  # name -> calibration and score sets
     distribution: VideoDistribution | None = None  # None in folders fitted before lusfeat had it
@@ -725,68 +728,89 @@ class SavedModel:
         return self.models["head"]
 
 
-def _load_head(path: Path, extraction: ExtractionConfig):
-    import keras
-
+def refit_command(folder: Path, info: dict[str, Any] | None) -> str:
+    """The ``lusfeat.fit`` command that writes this model folder again, as the folder's records say."""
+    info = info or {}
+    metrics = folder / "metrics.json"
     try:
-        head = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises assorted types for a broken or foreign file
-        raise LusfeatError(f"{path}: not a loadable Keras model ({type(error).__name__}: {error})") from error
-    width = head.input_shape[-1]
-    if width != extraction.feature_dim or head.output_shape[-1] != len(CLASSES):
-        raise LusfeatError(f"{path}: maps {width} features to {head.output_shape[-1]} classes, but model.json "
-                           f"records {extraction.feature_dim} features and {len(CLASSES)} classes")
-    return head
+        features = json.loads(metrics.read_text())["features"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        features = f"features/{info.get('backbone', folder.parent.name)}.h5"
+    fold = str(info.get("fold", folder.name.removeprefix("fold")))
+    which = "--final" if fold == "final" else f"--fold {fold}"
+    return f"python -m lusfeat.fit --features {features} {which} --out {folder.parent.parent}"
 
 
-def _load_joblib(path: Path, extraction: ExtractionConfig):
-    import joblib
-
+def _is_pickle(path: Path) -> bool:
+    if path.suffix in PICKLE_SUFFIXES:
+        return True
     try:
-        model = joblib.load(path)
-    except Exception as error:  # unpickling a broken or foreign file raises assorted types
-        raise LusfeatError(f"{path}: not a loadable model file ({type(error).__name__}: {error}); refit the fold "
-                           "with lusfeat.fit") from error
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # the pickle protocol's first bytes
+
+
+def refuse_code_files(folder: Path, info: dict[str, Any] | None) -> None:
+    """Refuse a model folder holding a pickle (an old run's ``.joblib``, a crafted file): loading one runs its code."""
+    found = sorted(path.name for path in folder.iterdir() if path.is_file() and _is_pickle(path))
+    if found:
+        raise LusfeatError(
+            f"{folder} holds {', '.join(found)}: a pickled model (lusfeat before model format {MODEL_FORMAT}, or a file "
+            "put there by someone else), and loading a pickle runs whatever code it holds, so lusfeat never loads one. "
+            f"Refit the model (it is saved as data now): {refit_command(folder, info)}; or, if the folder came from "
+            "someone else, ask them for one written by this lusfeat")
+
+
+def _load_estimator(folder: Path, name: str, files: dict[str, str], extraction: ExtractionConfig):
+    model = load_estimator(folder, name, files)
     width = getattr(model, "n_features_in_", None)
     if width != extraction.feature_dim:
-        raise LusfeatError(f"{path}: fitted on {width} features, but model.json records {extraction.feature_dim}")
+        raise LusfeatError(f"{folder / name}.npz: fitted on {width} features, but model.json records "
+                           f"{extraction.feature_dim}")
     return model
 
 
 def load_saved_model(folder: str | os.PathLike) -> SavedModel:
+    """The models of a ``lusfeat.fit`` folder, built from their JSON and arrays; nothing is unpickled.
+
+    Refused: a folder holding a pickle (:func:`refuse_code_files`), one of an older model format, a file whose
+    sha256 is not the one model.json records, features of another format version.
+    """
     folder = Path(folder)
     info_path = folder / "model.json"
     if not info_path.is_file():
         raise LusfeatError(f"{info_path} not found: --model takes a folder written by lusfeat.fit "
-                           "(RUN/<backbone>/fold<k>, holding model.json and head.keras)")
+                           "(RUN/<backbone>/fold<k> or final, holding model.json)")
     try:
         info = json.loads(info_path.read_text())
         recorded = dict(info["extraction"])
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise LusfeatError(f"{info_path}: not a lusfeat model record ({error!r})") from error
+    refuse_code_files(folder, info)
+    if info.get("model_format") != MODEL_FORMAT or not isinstance(info.get("files"), dict):
+        raise LusfeatError(f"{info_path}: a model folder of an older lusfeat (model format "
+                           f"{info.get('model_format', 1)}, this lusfeat reads {MODEL_FORMAT}); refit it: "
+                           f"{refit_command(folder, info)}")
     extraction = ExtractionConfig.from_record(recorded, f"{info_path} (refit with this lusfeat version)")
     if extraction.format_version != FORMAT_VERSION:
         raise LusfeatError(f"{info_path}: features of format version {extraction.format_version}, this lusfeat "
                            f"makes version {FORMAT_VERSION}; refit the model with this version")
-    names = list(info.get("models", ["head"]))  # folders of lusfeat 0.1 before presets hold the head only
+    names = list(info.get("models", []))
     unknown = [name for name in names if name not in MODEL_FILES]
-    if unknown:
-        raise LusfeatError(f"{info_path}: unknown model(s) {', '.join(unknown)}; this lusfeat knows "
-                           f"{', '.join(MODEL_FILES)}")
-    models = {}
-    for name in names:
-        path = folder / MODEL_FILES[name]
-        if not path.is_file():
-            raise LusfeatError(f"{path} not found: model.json lists the {name} model; refit the fold with lusfeat.fit "
-                               "or copy the whole folder")
-        models[name] = _load_head(path, extraction) if name == "head" else _load_joblib(path, extraction)
+    if unknown or not names:
+        raise LusfeatError(f"{info_path}: unknown model(s) {', '.join(unknown) or '(none listed)'}; this lusfeat "
+                           f"knows {', '.join(MODEL_FILES)}")
+    files = info["files"]
+    models = {name: _load_estimator(folder, name, files, extraction) for name in names}
     primary = str(info.get("primary", names[0]))
     if primary not in models:
         raise LusfeatError(f"{info_path}: primary model {primary!r} is not among its models {', '.join(names)}; "
                            "refit the fold with lusfeat.fit")
     posthoc = {}
     calibration, conformal = info.get("calibration") or {}, info.get("conformal") or {}
-    for name in names:  # folders of lusfeat before calibration have neither: scored uncalibrated, without sets
+    for name in names:
         if name in calibration and name in conformal:
             try:
                 posthoc[name] = PostHoc.from_records(calibration[name], conformal[name])
@@ -795,11 +819,7 @@ def load_saved_model(folder: str | os.PathLike) -> SavedModel:
                                    f"({error!r}); refit with lusfeat.fit") from error
     distribution = None
     if "distribution" in info:
-        path = folder / DISTRIBUTION_FILE
-        if not path.is_file():
-            raise LusfeatError(f"{path} not found: model.json lists the distribution check; refit the fold with "
-                               "lusfeat.fit or copy the whole folder")
-        distribution = _load_joblib(path, extraction)
+        distribution = _load_estimator(folder, DISTRIBUTION_FILE, files, extraction)
     return SavedModel(folder, info, extraction, models, primary, posthoc, distribution)
 
 
@@ -842,17 +862,7 @@ def score_features(features: np.ndarray, frames: pd.DataFrame,
     """Per model of the folder: ``(probabilities (n, 4) per model, scores (n,) per model)`` of every frame."""
     probabilities, predicted = {}, {}
     for name, estimator in model.models.items():
-        if name == "head":
-            proba = np.concatenate([np.asarray(estimator(features[i:i + 1024], training=False), dtype="float64")
-                                    for i in range(0, len(features), 1024)])
-            probabilities[name] = proba / proba.sum(axis=1, keepdims=True)
-        elif name == "logreg":
-            probabilities[name] = pipeline_probabilities(estimator, features)
-        else:  # video: one answer per (patient, video), given to each of its frames
-            keys = video_keys(frames)
-            probabilities[name], predicted[name] = estimator.predict_proba(features, keys), estimator.predict(features, keys)
-        if name not in predicted:
-            predicted[name] = CLASSES[argmax_high(probabilities[name])]
+        probabilities[name], predicted[name] = _score_model(name, estimator, features, frames)
     return probabilities, predicted
 
 

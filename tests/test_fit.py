@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lusfeat.fit import main
-from lusfeat.runs import compare_models
+from lusfeat.runs import compare_models, load_saved_model, score_features
 from lusfeat.store import load_features
 
 PAPER_COLUMNS = [
@@ -23,7 +23,8 @@ POSTHOC_COLUMNS = {model: [*(f"{model}_cal_p{k}" for k in range(4)), f"{model}_s
 PREDICTION_COLUMNS = [*PAPER_COLUMNS, "video_p0", "video_p1", "video_p2", "video_p3", "video_pred",
                       *POSTHOC_COLUMNS["head"], *POSTHOC_COLUMNS["logreg"], *POSTHOC_COLUMNS["video"], "fold"]
 MODEL_KEYS = {"backbone", "fold", "extraction", "weights_source", "feature_dim", "classes", "train_patients",
-              "lusfeat_version", "models", "primary", "files"}
+              "lusfeat_version", "models", "primary", "files", "model_format"}
+MODEL_FILES = {f"{name}.{suffix}" for name in ("head", "logreg", "video", "distribution") for suffix in ("json", "npz")}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,7 @@ def test_run_folder_layout(full_run: Path, synthetic_features: Path, capsys):
     tested = []
     for fold in (1, 2, 3):
         folder = full_run / "mobilenet" / f"fold{fold}"
-        assert {p.name for p in folder.iterdir()} == {"predictions.csv", "metrics.json", "head.keras", "logreg.joblib",
-                                                      "video.joblib", "distribution.joblib", "model.json"}
+        assert {p.name for p in folder.iterdir()} == {"predictions.csv", "metrics.json", "model.json", *MODEL_FILES}
         predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
         assert list(predictions.columns) == PREDICTION_COLUMNS
         assert (predictions["fold"] == fold).all()
@@ -107,21 +107,16 @@ def test_models_learn_the_score_the_features_carry(full_run: Path):
 
 
 def test_saved_models_reproduce_the_predictions(full_run: Path, synthetic_features: Path):
-    import joblib
-    import keras
-
     features = load_features(synthetic_features)
     folder = full_run / "mobilenet" / "fold2"
-    predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str})
+    predictions = pd.read_csv(folder / "predictions.csv", dtype={"patient_id": str}, float_precision="round_trip")
     is_test = features.frames["patient_id"].isin(set(predictions["patient_id"])).to_numpy()
     # predictions.csv keeps the feature file's frame order
     assert list(features.frames.loc[is_test, "path"]) == list(predictions["path"])
-    X_test = features.features[0, is_test]
-    head = keras.saving.load_model(folder / "head.keras")
-    np.testing.assert_allclose(head.predict(X_test, verbose=0), predictions[[f"head_p{k}" for k in range(4)]], atol=1e-6)
-    pipeline = joblib.load(folder / "logreg.joblib")
-    expected = predictions[[f"logreg_p{k}" for k in pipeline.classes_]].to_numpy()
-    np.testing.assert_allclose(pipeline.predict_proba(X_test), expected, atol=1e-6)
+    saved = load_saved_model(folder)
+    probabilities, _ = score_features(features.features[0, is_test], features.frames[is_test], saved)
+    for name in ("head", "logreg", "video"):  # the loaded estimator is the fitted one: the same numbers, to the bit
+        np.testing.assert_array_equal(probabilities[name], predictions[[f"{name}_p{k}" for k in range(4)]])
 
 
 def test_same_seed_same_metrics(full_run: Path, synthetic_features: Path, tmp_path: Path):
@@ -165,8 +160,6 @@ def test_warning_when_head_trails_the_regression():
 
 def test_video_model_scores_whole_videos_with_its_C_chosen_inside_the_training_patients(full_run: Path,
                                                                                        synthetic_features: Path):
-    import joblib
-
     features = load_features(synthetic_features)
     for fold in (1, 2, 3):
         folder = full_run / "mobilenet" / f"fold{fold}"
@@ -180,7 +173,7 @@ def test_video_model_scores_whole_videos_with_its_C_chosen_inside_the_training_p
         assert video["C"] == max((0.001, 0.01, 0.1), key=lambda c: (video["inner_video_qwk"][str(c)], -c))
         assert video["video"]["n"] == per_video.ngroups
         # the saved model answers the same for the same test frames
-        model = joblib.load(folder / "video.joblib")
+        model = load_saved_model(folder).models["video"]
         is_test = features.frames["patient_id"].isin(set(predictions["patient_id"])).to_numpy()
         frames = features.frames[is_test]
         keys = (frames["patient_id"].astype(str) + "/" + frames["video_id"].astype(str)).to_numpy()
@@ -193,7 +186,7 @@ def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path,
     paper = tmp_path / "paper"
     assert main(["--fold", "all", "--preset", "paper", "--features", str(synthetic_features), "--out", str(paper)]) == 0
     folder = paper / "mobilenet" / "fold1"
-    assert not (folder / "video.joblib").exists()
+    assert not (folder / "video.npz").exists() and not (folder / "video.json").exists()
     predictions = pd.read_csv(folder / "predictions.csv")
     paper_columns = [*PAPER_COLUMNS, *POSTHOC_COLUMNS["head"], *POSTHOC_COLUMNS["logreg"], "fold"]
     assert list(predictions.columns) == paper_columns
@@ -270,8 +263,7 @@ def test_final_model_is_trained_on_every_patient_and_says_it_has_no_test(full_ru
     assert main(["--final", "--features", str(synthetic_features), "--out", str(run)]) == 0
     assert "no held-out test" in capsys.readouterr().out
     folder = run / "mobilenet" / "final"
-    assert {p.name for p in folder.iterdir()} == {"metrics.json", "head.keras", "logreg.joblib", "video.joblib",
-                                                  "distribution.joblib", "model.json"}
+    assert {p.name for p in folder.iterdir()} == {"metrics.json", "model.json", *MODEL_FILES}
     model = json.loads((folder / "model.json").read_text())
     assert model["fold"] == "final" and sorted(model["train_patients"], key=int) == ["1", "2", "3", "4", "5", "6"]
     assert MODEL_KEYS <= set(model) and set(model["calibration"]) == set(model["conformal"]) == {"video", "head", "logreg"}

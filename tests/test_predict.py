@@ -175,8 +175,9 @@ def test_scorer_head_aggregates_the_paper_heads_frame_scores(tiny_model, held_ou
     # a paper-preset folder has no video model to score with
     paper = tmp_path / "paper_model"
     paper.mkdir()
-    for name in ("head.keras", "logreg.joblib", "distribution.joblib"):
-        (paper / name).write_bytes((tiny_model / name).read_bytes())
+    for name in ("head", "logreg", "distribution"):
+        for suffix in (".json", ".npz"):
+            (paper / f"{name}{suffix}").write_bytes((tiny_model / f"{name}{suffix}").read_bytes())
     info = json.loads((tiny_model / "model.json").read_text())
     (paper / "model.json").write_text(json.dumps({**info, "models": ["head", "logreg"], "primary": "head"}))
     assert main([*common[:1], "--model", str(paper), *common[3:], "--scorer", "video", "--out", str(tmp_path / "v")]) == 1
@@ -231,21 +232,18 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path, capsys):
     record = json.loads((tiny_model / "model.json").read_text())
     (broken / "model.json").write_text(json.dumps(record))
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
-    assert "video.joblib not found: model.json lists the video model" in capsys.readouterr().err
-    for name in ("head.keras", "logreg.joblib", "video.joblib", "distribution.joblib"):
-        (broken / name).write_bytes((tiny_model / name).read_bytes())
-    (broken / "video.joblib").write_bytes(b"not a pickle")
+    assert "video.json not found: the model folder is incomplete" in capsys.readouterr().err
+    for path in tiny_model.glob("*.*"):
+        if path.suffix in (".json", ".npz") and path.name not in ("model.json", "metrics.json"):
+            (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "video.npz").write_bytes(b"not an array file")
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
-    assert "video.joblib: not a loadable model file" in capsys.readouterr().err
-    (broken / "video.joblib").write_bytes((tiny_model / "video.joblib").read_bytes())
+    assert "video.npz: its sha256 is not the one model.json records" in capsys.readouterr().err
+    (broken / "video.npz").write_bytes((tiny_model / "video.npz").read_bytes())
     record["extraction"]["feature_dim"] = 1024
     (broken / "model.json").write_text(json.dumps(record))
     assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
     assert "fitted on 256 features, but model.json records 1024" in capsys.readouterr().err
-    record["models"], record["primary"] = ["head"], "head"  # as a folder from before presets: the head alone
-    (broken / "model.json").write_text(json.dumps(record))
-    assert main(["--model", str(broken), str(tmp_path), "--weights", "none"]) == 1
-    assert "maps 256 features to 4 classes, but model.json records 1024 features" in capsys.readouterr().err
     record["extraction"]["feature_dim"] = 256
     record["extraction"]["pooling"] = "avg:lung-crop-v1"  # features of cropped frames: predict cannot make them
     (broken / "model.json").write_text(json.dumps(record))

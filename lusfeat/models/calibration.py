@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from lusfeat.models.base import check_scores
+from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES
 
 LINKS = ("softmax", "cumulative")
@@ -61,6 +62,7 @@ def scale_probabilities(P, temperature: float, link: str) -> np.ndarray:
     return np.clip(np.diff(edges, axis=1), 0.0, 1.0)
 
 
+@saved_as_data
 class TemperatureScaling(BaseEstimator):
     """One temperature for a model's probabilities (see the module docstring).
 

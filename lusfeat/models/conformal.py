@@ -37,6 +37,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from lusfeat.models.base import check_scores
+from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES, argmax_high
 
 METHODS = ("lac", "ordinal_aps")
@@ -101,6 +102,7 @@ def conformal_quantile(scores, coverage: float) -> float:
     return math.inf if rank > len(scores) else float(scores[rank - 1])
 
 
+@saved_as_data
 class ConformalScoreSets(BaseEstimator):
     """Sets of scores with a coverage promise (see the module docstring).
 

@@ -37,6 +37,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from lusfeat.models.base import CONSTANT_SCALE, as_copies
+from lusfeat.models.saving import saved_as_data
 from lusfeat.models.video import pool_videos, video_index
 
 
@@ -76,6 +77,7 @@ def _shrunk(variances: np.ndarray, shrinkage: float) -> np.ndarray:
     return np.maximum((1 - shrinkage) * variances + shrinkage * mean, CONSTANT_SCALE)
 
 
+@saved_as_data
 class VideoDistribution(BaseEstimator):
     """Distance of videos to the training videos' pooled features, and a threshold for "unlike them".
 

@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from lusfeat.models.base import as_copies, check_scores, evaluation_copy, integer_seeds
+from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights
 
 
@@ -114,6 +115,7 @@ def _train(model, optimizer, X: np.ndarray, y: np.ndarray, index: np.ndarray, we
                    tf.convert_to_tensor(weight)).numpy()
 
 
+@saved_as_data
 class SeverityHead(ClassifierMixin, BaseEstimator):
     """Dropout then Dense(4, softmax) on cached features, trained with Adam on sparse cross-entropy.
 
@@ -126,7 +128,11 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
     Attributes: ``classes_`` (always [0, 1, 2, 3]), ``model_`` (the Keras model, input
     ``(dim,)`` features, output 4 probabilities), ``history_`` (``{"loss": [...], "accuracy":
     [...]}`` per epoch, on the drawn training copies with dropout active), ``n_features_in_``.
+    Saved (:mod:`lusfeat.models.saving`) as the Dense layer's ``kernel`` and ``bias``: a loaded
+    head rebuilds the same Keras model from them, no Keras file is deserialised.
     """
+
+    _not_saved = ("model_",)
 
     def __init__(self, *, dropout: float = 0.5, learning_rate: float = 1e-3, epochs: int = 3,
                  batch_size: int = 32, class_weight: str | None = None, random_state: int | None = None) -> None:
@@ -181,3 +187,15 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[argmax_high(self.predict_proba(X))]
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        kernel, bias = self.model_.get_layer("severity").get_weights()
+        return {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        kernel, bias = arrays["kernel"], arrays["bias"]
+        if kernel.shape != (self.n_features_in_, len(CLASSES)) or bias.shape != (len(CLASSES),):
+            raise ValueError(f"the head's kernel {kernel.shape} and bias {bias.shape} do not map "
+                             f"{self.n_features_in_} features to {len(CLASSES)} scores")
+        self.model_ = build_head_model(self.n_features_in_, self.dropout, 0)
+        self.model_.get_layer("severity").set_weights([kernel, bias])

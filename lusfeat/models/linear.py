@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from lusfeat.models.base import as_copies, check_scores, evaluation_copy, standardisation
+from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES, argmax_high
 
 
+@saved_as_data
 class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
     """Standardised multinomial logistic regression on the same frames and copies as the head.
 
@@ -23,9 +25,10 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
     better anywhere in C 0.001-1 (docs/results.md, probes). The smallest C is also the fastest: on Xception
     features of COVID-BLUES (every 10th frame, 6,500 rows a fold) L-BFGS converged in 74-80
     iterations against 127-140 at C=0.01 (about 2 s against 2.7 s CPU), with pooled QWK 0.15
-    against 0.12. ``pipeline_`` is the fitted ``Pipeline(StandardScaler, LogisticRegression)``;
-    its columns follow ``pipeline_.classes_``, which lacks a score absent from training, while
-    this wrapper always answers with the four classes (an absent class gets probability 0).
+    against 0.12. Fitted: ``mean_`` and ``scale_`` (the standardisation), ``coef_`` and
+    ``intercept_`` (of scikit-learn's ``LogisticRegression`` on the standardised rows), and
+    ``fitted_classes_`` (the scores present in training, the rows of ``coef_``); the estimator
+    always answers with the four classes (an absent class gets probability 0).
     """
 
     def __init__(self, *, C: float = 0.001, max_iter: int = 200, random_state: int | None = None) -> None:
@@ -47,11 +50,12 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
         # on 21,000 x 2048 rows: 3.9 s with two threads, 0.5 s with one).
         with threadpool_limits(limits=1, user_api="blas"):
             regression.fit(scaler.transform(rows), scores)
-        pipeline = make_pipeline(scaler, regression)
-        self.pipeline_: Pipeline = pipeline
+        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+        self.coef_, self.intercept_ = regression.coef_, regression.intercept_
+        self.fitted_classes_ = regression.classes_.astype(np.int64)
         self.classes_ = CLASSES.copy()
         self.n_features_in_ = dim
-        self.n_iter_ = int(np.max(pipeline[-1].n_iter_))
+        self.n_iter_ = int(np.max(regression.n_iter_))
         self.converged_ = self.n_iter_ < self.max_iter
         return self
 
@@ -60,7 +64,22 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
         X = evaluation_copy(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the regression was fitted on {self.n_features_in_}")
-        return pipeline_probabilities(self.pipeline_, X)
+        probabilities = np.zeros((len(X), len(CLASSES)))
+        if len(X):
+            logits = self.decision_function(X)
+            if len(self.fitted_classes_) == 2:  # scikit-learn's binary fit: one row of coefficients
+                high = expit(logits[:, 0])
+                present = np.column_stack([1 - high, high])
+            else:
+                present = softmax(logits, axis=1)
+            probabilities[:, np.searchsorted(CLASSES, self.fitted_classes_)] = present
+        return probabilities
+
+    def decision_function(self, X) -> np.ndarray:
+        """The logits of copy 0 of ``X``: one column per score present in training (one column for two scores)."""
+        check_is_fitted(self)
+        X = evaluation_copy(X)
+        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[argmax_high(self.predict_proba(X))]
@@ -68,7 +87,7 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
 
 def fitted_standard_scaler(X: np.ndarray, block_rows: int = 4096) -> StandardScaler:
     """A ``StandardScaler`` fitted on ``X``, as ``StandardScaler().fit(X)`` would be, by
-    :func:`lusfeat.models.base.standardisation` (fast on float32); a plain scikit-learn scaler to save."""
+    :func:`lusfeat.models.base.standardisation` (fast on float32)."""
     mean, var, scale = standardisation(X, block_rows)
     scaler = StandardScaler()
     scaler.mean_, scaler.var_, scaler.scale_ = mean, var, scale
@@ -76,11 +95,3 @@ def fitted_standard_scaler(X: np.ndarray, block_rows: int = 4096) -> StandardSca
     scaler.n_features_in_ = X.shape[1]
     return scaler
 
-
-def pipeline_probabilities(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` probabilities from a fitted classifier whose ``classes_`` may lack some scores."""
-    probabilities = np.zeros((len(X), len(CLASSES)))
-    if len(X):
-        columns = np.searchsorted(CLASSES, pipeline.classes_)
-        probabilities[:, columns] = pipeline.predict_proba(X)
-    return probabilities

@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from lusfeat.models.base import as_copies, check_scores, evaluation_copy, standardisation
+from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights
 
 DECISIONS = ("median", "expected", "argmax")
@@ -55,6 +56,7 @@ def decide(probabilities: np.ndarray, decision: str = "median") -> np.ndarray:
     raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
 
 
+@saved_as_data
 class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
     """Proportional-odds logistic regression over scores 0..3 (see the module docstring).
 

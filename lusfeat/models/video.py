@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from lusfeat.models.base import as_copies, check_scores
 from lusfeat.models.linear import StandardisedLogisticRegression
+from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES, most_frequent
 
 POOLINGS = ("mean", "std", "max")
@@ -63,6 +64,7 @@ def pool_videos(X, inverse: np.ndarray, n_videos: int, pooling: tuple[str, ...])
     return np.concatenate(parts, axis=2).astype(np.float32)
 
 
+@saved_as_data
 class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
     """Pool frame features per video, classify videos; answer per frame (see the module docstring).
 

@@ -90,7 +90,7 @@ def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_di
     code = extract_throughput.main([
         "--data-root", str(data_root), "--weights", str(weights_dir), "--backbone", "mobilenet",
         "--videos", "1", "--frame-step", "40", "--augment-copies", "1", "--memory-factor", "2",
-        "--engines", engines, "--work-dir", str(tmp_path), "--out", str(out),
+        "--engines", engines, "--work-dir", str(tmp_path / "not" / "yet"), "--out", str(out),
     ])
     assert code == 0
     record = json.loads(out.read_text())
@@ -107,6 +107,7 @@ def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_di
         stamps = engine["extraction_n"]["blocks"]  # the file opening, then one per block of 64 frames
         assert stamps[0][1] == 0 and stamps[-1][1] == engine["extraction_n"]["frames"] and len(stamps) == 2
         assert engine["extraction_n"]["steady_images_per_second"] is None  # one block: no steady state
+        assert engine["extraction_n"]["steady_images"] == 0
         assert 0 < engine["fidelity"]["cosine_mean"] <= 1 + 1e-6
     assert entry["extraction_4n"]["code"] == 0
     assert entry["extraction_4n"]["frames"] > reference["extraction_n"]["frames"]
@@ -124,12 +125,16 @@ def test_engine_list_measures_tensorflow_float32_first_and_only_when_asked() -> 
         extract_throughput.engine_list("tensorflow:bfloat16", no_bfloat16=True)
 
 
-def test_steady_rate_leaves_out_the_first_block() -> None:
-    # Opened at 0 s, a slow first block (64 frames by 10 s: decoding and the first inference), then
-    # 64 + 40 frames in 4 s more: the steady rate counts only those, 3 images per frame.
-    blocks = [[0.0, 0], [10.0, 64], [12.0, 128], [14.0, 168]]
-    assert extract_throughput.steady_rate(blocks, 3) == pytest.approx(104 * 3 / 4)
-    assert extract_throughput.steady_rate(blocks[:2], 3) is None
+def test_steady_rate_leaves_out_the_first_block_and_a_short_last_one() -> None:
+    # Opened at 0 s, a slow first block (64 frames by 10 s: decoding and the first inference), then two whole
+    # blocks in 4 s, then a last block of 1 frame that pays a whole padded batch (0.5 s): the steady rate counts
+    # the two whole blocks only, 3 images per frame. Counting the short one made every row of a 65-frame run
+    # read 10-12% of the bare rate.
+    blocks = [[0.0, 0], [10.0, 64], [12.0, 128], [14.0, 192], [14.5, 193]]
+    assert extract_throughput.steady_span(blocks, 3) == pytest.approx((128 * 3 / 4, 384))
+    assert extract_throughput.steady_span(blocks[:4], 3) == pytest.approx((128 * 3 / 4, 384))
+    assert extract_throughput.steady_span([[0.0, 0], [10.0, 64], [10.5, 65]], 3) is None  # no whole block after the first
+    assert extract_throughput.steady_span(blocks[:2], 3) is None
 
 
 def test_calibration_benchmark_tabulates_a_fit_run(synthetic_fit_run: Path, tmp_path: Path, capsys) -> None:

@@ -334,12 +334,12 @@ def score(frames: pd.DataFrame, probabilities: np.ndarray, predicted: np.ndarray
 
     An undefined kappa (None in ``lusfeat.metrics``) is NaN here, so that it can be averaged over seeds.
     """
-    from lusfeat.aggregate import aggregate, proba_columns
+    from lusfeat.aggregate import aggregate
     from lusfeat.metrics import evaluate
+    from lusfeat.predictions import FRAME_COLUMNS, ModelPredictions, Predictions
 
     metrics = evaluate(frames, probabilities, predicted)
-    table = frames[["patient_id", "region", "score"]].assign(
-        **dict(zip(proba_columns("model"), np.asarray(probabilities).T, strict=True)), model_pred=predicted)
+    table = Predictions(frames[FRAME_COLUMNS], {"model": ModelPredictions(np.asarray(probabilities), np.asarray(predicted))})
     patients = aggregate(table, "model", rule="mode").agreement
     values = {
         "accuracy": metrics["accuracy"],

@@ -11,15 +11,15 @@ Rules (Raillard et al., Fig. 4):
   scored beside it (6 BLUE points -> 0-18 for COVID-BLUES, 12 regions -> 0-36 in the paper).
   Region names come from the data; no protocol is hard-coded.
 
-Every function takes a per-frame predictions table (``lusfeat.fit``'s ``predictions.csv``:
-``patient_id, region, video_id, score`` and ``<prefix>_p0..p3``, ``<prefix>_pred``) and a
-column prefix (``"head"`` or ``"logreg"``). A true score of -1 means unlabelled: such regions
-get a prediction but no truth, and are left out of the agreement.
+Every function takes a :class:`lusfeat.predictions.Predictions` (frames and each model's answers)
+and a model name. A true score of -1 means unlabelled: such regions get a prediction but no
+truth, and are left out of the agreement.
 
-Where the table has a conformal set per frame (``<prefix>_set``, e.g. ``{1,2}``: its video's
-set, see :mod:`lusfeat.models.conformal`), videos and regions get ``score_set`` and
-``set_size``: a region's set runs from the lowest to the highest score of its videos' sets, so it
-holds the region's true score (one of its videos' true scores) whenever that video's set does.
+Where the model has a conformal set per frame (its video's set, see
+:mod:`lusfeat.models.conformal`), videos and regions get ``score_set`` (written ``{1,2}``),
+``set_size`` and ``in_set``: a region's set runs from the lowest to the highest score of its
+videos' sets, so it holds the region's true score (one of its videos' true scores) whenever that
+video's set does.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
+from lusfeat.models.conformal import fill_gaps
+from lusfeat.predictions import Predictions, format_set
 from lusfeat.scores import CLASSES, UNLABELLED, argmax_high, most_frequent
 
 RULES = ("mode", "mean_proba")
@@ -48,49 +50,41 @@ def natural_sorted(values: Iterable) -> list:
     return sorted(values, key=natural_key)
 
 
-def proba_columns(prefix: str) -> list[str]:
-    return [f"{prefix}_p{k}" for k in CLASSES]
+def group_sets(predictions: Predictions, model: str, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``(groups, sets)``: the groups of frames by ``keys`` (their key columns and ``rows``, the frames' positions)
+    and per group the set running from the lowest to the highest score of its frames' sets (``None`` without sets)."""
+    frames = predictions.frames.assign(patient_id=predictions.frames["patient_id"].astype(str),
+                                       region=predictions.frames["region"].astype(str))
+    positions = frames.groupby(keys, sort=False).indices
+    groups = pd.DataFrame([dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)) for key in positions])
+    groups["rows"] = list(positions.values())
+    sets = predictions[model].sets
+    if sets is None:
+        return groups, None
+    return groups, fill_gaps(np.array([sets[rows].any(axis=0) for rows in groups["rows"]]).reshape(-1, len(CLASSES)))
 
 
-def check_predictions(predictions: pd.DataFrame, prefix: str) -> None:
-    """Raise naming the missing columns if ``predictions`` cannot be aggregated for ``prefix``."""
-    needed = ["patient_id", "region", "score", f"{prefix}_pred", *proba_columns(prefix)]
-    missing = [column for column in needed if column not in predictions.columns]
-    if missing:
-        raise LusfeatError(f"predictions table lacks column(s) {', '.join(missing)} (prefix {prefix!r})")
-    if predictions.empty:
-        raise LusfeatError("predictions table has no rows")
-
-
-def hull_set(texts: Iterable[str]) -> str:
-    """The set (``{1,2}``) running from the lowest to the highest score of these sets."""
-    from lusfeat.models.conformal import fill_gaps, format_set, parse_set
-
-    rows = np.array([parse_set(text) for text in texts])
-    return format_set(fill_gaps(rows.any(axis=0, keepdims=True))[0])
-
-
-def _group_scores(predictions: pd.DataFrame, prefix: str, keys: list[str], rule: str) -> pd.DataFrame:
+def _group_scores(predictions: Predictions, model: str, keys: list[str], rule: str,
+                  calibrated: bool = False) -> pd.DataFrame:
     if rule not in RULES:
         raise LusfeatError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
-    check_predictions(predictions, prefix)
-    table = predictions.assign(patient_id=predictions["patient_id"].astype(str),
-                               region=predictions["region"].astype(str))
-    probas = proba_columns(prefix)
+    if not len(predictions):
+        raise LusfeatError("predictions table has no rows")
+    groups, sets = group_sets(predictions, model, keys)
+    probabilities = predictions.probabilities(model, calibrated)
+    scores, truths, folds = predictions[model].scores.astype(int), predictions.truth, predictions.fold
     rows = []
-    for key, frames in table.groupby(keys, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        predicted = frames[f"{prefix}_pred"].astype(int).to_numpy()
-        truth = frames["score"].astype(int).to_numpy()
-        mean_proba = frames[probas].to_numpy(dtype=float).mean(axis=0)
+    for number, (group, positions) in enumerate(zip(groups[keys].to_dict("records"), groups["rows"], strict=True)):
+        predicted, truth = scores[positions], truths[positions]
+        mean_proba = probabilities[positions].mean(axis=0)
         counts = np.bincount(predicted, minlength=len(CLASSES))
         true_counts = np.bincount(truth[truth != UNLABELLED], minlength=len(CLASSES))
         pred = most_frequent(predicted) if rule == "mode" else argmax_high(mean_proba)
         true = most_frequent(truth)
-        row = dict(zip(keys, key, strict=True))
-        if "fold" in frames.columns:
-            row["fold"] = int(frames["fold"].iloc[0])
-        row["frames"] = len(frames)
+        row = dict(group)
+        if folds is not None:
+            row["fold"] = int(folds[positions[0]])
+        row["frames"] = len(positions)
         row.update({f"n_pred{k}": int(counts[k]) for k in CLASSES})
         row.update({f"n_true{k}": int(true_counts[k]) for k in CLASSES})
         row.update({f"p{k}": float(mean_proba[k]) for k in CLASSES})
@@ -98,31 +92,36 @@ def _group_scores(predictions: pd.DataFrame, prefix: str, keys: list[str], rule:
         row["pred"] = pred
         row["agree"] = bool(pred == true) if true != UNLABELLED else None
         row["frame_accuracy"] = float((predicted == truth)[truth != UNLABELLED].mean()) if (truth != UNLABELLED).any() else math.nan
-        sets = frames[f"{prefix}_set"] if f"{prefix}_set" in frames.columns else None
-        if sets is not None and sets.notna().all() and (sets.astype(str) != "").all():  # a fold without sets: none
-            row["score_set"] = hull_set(frames[f"{prefix}_set"])
-            row["set_size"] = row["score_set"].count(",") + 1
-            row["in_set"] = bool(str(true) in row["score_set"].strip("{}").split(",")) if true != UNLABELLED else None
+        if sets is not None:
+            row["score_set"] = format_set(sets[number])
+            row["set_size"] = int(sets[number].sum())
+            row["in_set"] = bool(sets[number][true]) if true != UNLABELLED else None
         rows.append(row)
     out = pd.DataFrame(rows)
     order = sorted(range(len(out)), key=lambda i: tuple(natural_key(out.iloc[i][k]) for k in keys))
     return out.iloc[order].reset_index(drop=True)
 
 
-def video_scores(predictions: pd.DataFrame, prefix: str = "head", rule: str = "mode") -> pd.DataFrame:
+VIDEO_KEYS = ["patient_id", "region", "video_id"]  # a video (lusfeat.index) and its region, for the tables
+REGION_KEYS = ["patient_id", "region"]
+
+
+def video_scores(predictions: Predictions, model: str = "head", rule: str = "mode",
+                 calibrated: bool = False) -> pd.DataFrame:
     """One row per (patient, region, video): frame counts per predicted score, truth, score, agreement."""
-    keys = ["patient_id", "region", "video_id"] if "video_id" in predictions.columns else ["patient_id", "region", "path"]
-    return _group_scores(predictions, prefix, keys, rule)
+    return _group_scores(predictions, model, VIDEO_KEYS, rule, calibrated)
 
 
-def region_scores(predictions: pd.DataFrame, prefix: str = "head", rule: str = "mode") -> pd.DataFrame:
+def region_scores(predictions: Predictions, model: str = "head", rule: str = "mode",
+                  calibrated: bool = False) -> pd.DataFrame:
     """One row per (patient, region).
 
     Columns: ``patient_id, region, [fold], frames, n_pred0..3`` (frames per predicted score),
     ``n_true0..3`` (frames per true score), ``p0..p3`` (mean probabilities), ``truth`` (-1 if
-    unlabelled), ``pred`` (by ``rule``), ``agree`` (None if unlabelled), ``frame_accuracy``.
+    unlabelled), ``pred`` (by ``rule``), ``agree`` (None if unlabelled), ``frame_accuracy``; with
+    ``calibrated``, ``p0..p3`` are of the model's calibrated probabilities (where it has them).
     """
-    return _group_scores(predictions, prefix, ["patient_id", "region"], rule)
+    return _group_scores(predictions, model, REGION_KEYS, rule, calibrated)
 
 
 def global_scores(regions: pd.DataFrame) -> pd.DataFrame:
@@ -201,20 +200,20 @@ def agreement(regions: pd.DataFrame, patients: pd.DataFrame) -> dict:
 
 @dataclass
 class Aggregate:
-    """Region and global scores of one model (prefix) on one predictions table, with their agreement."""
+    """Region and global scores of one model on one predictions table, with their agreement."""
 
-    prefix: str
+    model: str
     rule: str
     regions: pd.DataFrame
     patients: pd.DataFrame
     agreement: dict = field(default_factory=dict)
 
 
-def aggregate(predictions: pd.DataFrame, prefix: str = "head", rule: str = "mode") -> Aggregate:
-    """Region scores, global scores and agreement of ``prefix``'s predictions, by ``rule``."""
-    regions = region_scores(predictions, prefix, rule)
+def aggregate(predictions: Predictions, model: str = "head", rule: str = "mode") -> Aggregate:
+    """Region scores, global scores and agreement of ``model``'s predictions, by ``rule``."""
+    regions = region_scores(predictions, model, rule)
     patients = global_scores(regions)
-    return Aggregate(prefix, rule, regions, patients, agreement(regions, patients))
+    return Aggregate(model, rule, regions, patients, agreement(regions, patients))
 
 
 def patient_table(regions: pd.DataFrame, patient_id: str) -> pd.DataFrame:

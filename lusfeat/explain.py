@@ -31,12 +31,13 @@ from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.heatmaps import explain_video, write_overlay
 from lusfeat.manifest import read_input
+from lusfeat.predictions import format_set
 from lusfeat.runs import (
     MODEL_FILES,
     apply_posthoc,
     check_compatible,
     load_saved_model,
-    predictions_table,
+    make_predictions,
     score_features,
 )
 from lusfeat.scores import UNLABELLED
@@ -105,18 +106,19 @@ def explain(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
         maps, features, value = explain_video(extractor, model.models[scorer], scorer, table,
                                               model.extraction.input_size, chosen)
         probabilities, predicted = score_features(features, table, model)
-        scored = predictions_table(table, probabilities, predicted, None, *apply_posthoc(model, table, probabilities))
+        scored = make_predictions(table, probabilities, predicted, None, *apply_posthoc(model, table, probabilities))
+        answers = scored[scorer]
         for frame_map in maps:
-            row = scored[scored["frame_index"] == frame_map.frame_index].iloc[0]
-            score_set = row.get(f"{scorer}_set", "")
-            truth = int(row["score"])
-            title = (f"patient {patient}, {row['region']}, {video}, frame {frame_map.frame_index}: {scorer} score "
-                     f"{int(row[f'{scorer}_pred'])}" + (f", set {score_set}" if score_set else "")
+            at = int(np.flatnonzero(scored.frames["frame_index"].to_numpy() == frame_map.frame_index)[0])
+            region, truth, pred = scored.frames["region"].iloc[at], int(scored.truth[at]), int(answers.scores[at])
+            score_set = "" if answers.sets is None else format_set(answers.sets[at])
+            title = (f"patient {patient}, {region}, {video}, frame {frame_map.frame_index}: {scorer} score "
+                     f"{pred}" + (f", set {score_set}" if score_set else "")
                      + ("" if truth == UNLABELLED else f" (true {truth})"))
             path = write_overlay(frame_map, out / str(patient) / f"{video}_frame{frame_map.frame_index}.png", title)
-            rows.append({"patient_id": patient, "region": row["region"], "video_id": video,
+            rows.append({"patient_id": patient, "region": region, "video_id": video,
                          "frame_index": frame_map.frame_index, "score": truth, "model": scorer,
-                         "pred": int(row[f"{scorer}_pred"]), "score_set": score_set, "target": value,
+                         "pred": pred, "score_set": score_set, "target": value,
                          "positive_share": float((frame_map.cam > 0).mean()), "png": str(path.relative_to(out))})
     result = pd.DataFrame(rows)
     write_text(result.to_csv(index=False), out / "heatmaps.csv")

@@ -1,6 +1,6 @@
 """Report figures, one function each, returning a matplotlib ``Figure`` (no pyplot state kept).
 
-Every figure puts the models side by side (one panel per column prefix, e.g. the Keras head
+Every figure puts the models side by side (one panel per model, e.g. the Keras head
 beside the logistic-regression check) and draws through scikit-learn's Display classes where
 they fit. :func:`png_bytes` renders a figure to PNG.
 """
@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lusfeat.aggregate import Aggregate, natural_sorted, proba_columns
+from lusfeat.aggregate import Aggregate, natural_sorted
+from lusfeat.predictions import Predictions
 from lusfeat.scores import CLASSES, UNLABELLED
 
 MODEL_NAMES = {"head": "Keras head", "logreg": "logistic regression", "video": "video ordinal"}
@@ -42,19 +43,15 @@ def png_bytes(figure: Figure, dpi: int = DPI) -> bytes:
     return buffer.getvalue()
 
 
-def _labelled(predictions: pd.DataFrame) -> pd.DataFrame:
-    return predictions[predictions["score"].astype(int) != UNLABELLED]
-
-
-def roc_figure(predictions: pd.DataFrame, prefixes: Sequence[str]) -> Figure:
+def roc_figure(predictions: Predictions, prefixes: Sequence[str]) -> Figure:
     """One-vs-rest ROC curve per class, one panel per model."""
     from sklearn.metrics import RocCurveDisplay
 
-    frames = _labelled(predictions)
-    truth = frames["score"].astype(int).to_numpy()
+    labelled = predictions.labelled()
+    truth = labelled.truth
     figure, axes = _panels(len(prefixes))
     for ax, prefix in zip(axes, prefixes, strict=True):
-        proba = frames[proba_columns(prefix)].to_numpy(float)
+        proba = labelled[prefix].probabilities
         absent, only = [], []
         for k in CLASSES:
             positives = truth == k
@@ -76,18 +73,18 @@ def roc_figure(predictions: pd.DataFrame, prefixes: Sequence[str]) -> Figure:
     return figure
 
 
-def confusion_figure(predictions: pd.DataFrame, prefixes: Sequence[str]) -> Figure:
+def confusion_figure(predictions: Predictions, prefixes: Sequence[str]) -> Figure:
     """Frame-level confusion matrix normalised by true class (rows sum to 1), one panel per model."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    frames = _labelled(predictions)
+    labelled = predictions.labelled()
     figure, axes = _panels(len(prefixes), height=3.9)
     for ax, prefix in zip(axes, prefixes, strict=True):
-        truth, pred = frames["score"].astype(int), frames[f"{prefix}_pred"].astype(int)
+        truth, pred = labelled.truth, labelled[prefix].scores.astype(int)
         ConfusionMatrixDisplay.from_predictions(truth, pred, labels=list(CLASSES), normalize="true", ax=ax,
                                                 values_format=".2f", colorbar=False, cmap="Blues")
         ax.set_title(f"{model_label(prefix)}: frames, normalised by true score\n"
-                     f"(n={len(frames)}, accuracy {np.mean(truth == pred):.3f})", fontsize=10)
+                     f"(n={len(labelled)}, accuracy {np.mean(truth == pred):.3f})", fontsize=10)
         ax.set_xlabel("predicted score")
         ax.set_ylabel("true score")
     return figure
@@ -103,7 +100,7 @@ def region_confusion_figure(aggregates: Sequence[Aggregate]) -> Figure:
         ConfusionMatrixDisplay.from_predictions(regions["truth"].astype(int), regions["pred"].astype(int),
                                                 labels=list(CLASSES), ax=ax, colorbar=False, cmap="Greens")
         result = agg.agreement
-        ax.set_title(f"{model_label(agg.prefix)}: region scores (patient x region)\n"
+        ax.set_title(f"{model_label(agg.model)}: region scores (patient x region)\n"
                      f"n={result['regions']}, accuracy {_num(result['region_accuracy'])}, QWK {_num(result['region_qwk'])}",
                      fontsize=10)
         ax.set_xlabel("predicted region score")
@@ -111,17 +108,17 @@ def region_confusion_figure(aggregates: Sequence[Aggregate]) -> Figure:
     return figure
 
 
-def region_accuracy_figure(predictions: pd.DataFrame, prefixes: Sequence[str]) -> Figure:
+def region_accuracy_figure(predictions: Predictions, prefixes: Sequence[str]) -> Figure:
     """Frame accuracy per region (the paper's Fig. 2), models side by side as grouped bars."""
-    frames = _labelled(predictions).assign(region=lambda t: t["region"].astype(str))
+    labelled = predictions.labelled()
+    frames = labelled.frames.assign(region=lambda t: t["region"].astype(str))
     regions = natural_sorted(frames["region"].unique())
     figure = Figure(figsize=(max(2 * PANEL[0], 1.0 + 0.5 * len(regions) * len(prefixes)), PANEL[1]), layout="constrained")
     ax = figure.subplots()
     width = 0.8 / len(prefixes)
     x = np.arange(len(regions))
-    truth = frames["score"].astype(int)
     for i, prefix in enumerate(prefixes):
-        correct = (frames[f"{prefix}_pred"].astype(int) == truth).groupby(frames["region"]).mean()
+        correct = pd.Series(labelled[prefix].scores.astype(int) == labelled.truth).groupby(frames["region"]).mean()
         values = [correct.get(region, np.nan) for region in regions]
         bars = ax.bar(x + (i - (len(prefixes) - 1) / 2) * width, values, width, label=model_label(prefix), color=f"C{i}")
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
@@ -158,7 +155,7 @@ def global_scatter_figure(aggregates: Sequence[Aggregate]) -> Figure:
         ax.set_ylabel("predicted global score")
         result = agg.agreement
         regions = "/".join(str(n) for n in result["regions_per_patient"])
-        ax.set_title(f"{model_label(agg.prefix)}: global score, {result['patients']} patients ({regions} regions)\n"
+        ax.set_title(f"{model_label(agg.model)}: global score, {result['patients']} patients ({regions} regions)\n"
                      f"MAE {_num(result['global_mae'], 2)}, Pearson {_num(result['global_pearson'])}, "
                      f"Spearman {_num(result['global_spearman'])}", fontsize=10)
         ax.grid(alpha=0.3)
@@ -166,28 +163,25 @@ def global_scatter_figure(aggregates: Sequence[Aggregate]) -> Figure:
     return figure
 
 
-def reliability_figure(predictions: pd.DataFrame, prefixes: Sequence[str], n_bins: int = 10) -> Figure:
+def reliability_figure(predictions: Predictions, prefixes: Sequence[str], n_bins: int = 10) -> Figure:
     """Reliability diagram per model, per video (one row each: its mean frame probabilities), before and after calibration.
 
     Top-label: the probability of the most probable score against how often that score is the
     true one, over ``n_bins`` equal-mass bins (scikit-learn's ``CalibrationDisplay``, strategy
-    "quantile"). Models without ``<prefix>_cal_p*`` columns show the uncalibrated curve only.
+    "quantile"). Models without calibrated probabilities show the uncalibrated curve only.
     """
     from sklearn.calibration import CalibrationDisplay
 
     from lusfeat.metrics import video_probabilities
 
-    labelled = _labelled(predictions)
+    labelled = predictions.labelled()
     figure, axes = _panels(len(prefixes))
     for axis, prefix in zip(axes, prefixes, strict=True):
-        curves = [("before", proba_columns(prefix))]
-        calibrated = [f"{prefix}_cal_p{k}" for k in CLASSES]
-        if all(column in labelled.columns for column in calibrated):
-            values = pd.to_numeric(labelled[calibrated[0]], errors="coerce")
-            if values.notna().all():
-                curves.append(("after", calibrated))
-        for name, columns in curves:
-            videos, proba = video_probabilities(labelled, labelled[columns].to_numpy(dtype=float))
+        answers = labelled[prefix]
+        curves = [("before", answers.probabilities)] + ([("after", answers.calibrated)]
+                                                        if answers.calibrated is not None else [])
+        for name, frame_proba in curves:
+            videos, proba = video_probabilities(labelled.frames, frame_proba)
             chosen = len(CLASSES) - 1 - np.argmax(proba[:, ::-1], axis=1)
             correct = (chosen == videos["score"].to_numpy()).astype(int)
             CalibrationDisplay.from_predictions(correct, proba.max(axis=1), n_bins=min(n_bins, len(correct)),

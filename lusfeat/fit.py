@@ -55,6 +55,7 @@ import pandas as pd
 from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.folds import load_or_make_folds
+from lusfeat.predictions import Predictions
 from lusfeat.runs import (
     DEFAULT_FEATURES,
     PRESETS,
@@ -66,9 +67,9 @@ from lusfeat.runs import (
     fit_final,
     fit_fold,
     fold_metrics,
+    make_predictions,
     model_record,
     pooled_metrics,
-    predictions_table,
     read_labelled_frames,
     resolve_feature_paths,
     summary_rows,
@@ -88,8 +89,8 @@ def run_backbone(features: FeatureSet, folds: pd.DataFrame, fold_numbers: list[i
     records, tables = [], []
     for fold in fold_numbers:
         result = fit_fold(features, folds, fold, params)
-        predictions = predictions_table(result.test_frames, result.probabilities, result.predicted, fold,
-                                        result.calibrated, result.sets)
+        predictions = make_predictions(result.test_frames, result.probabilities, result.predicted, fold,
+                                       result.calibrated, result.sets)
         metrics = fold_metrics(backbone, result, predictions, features, params)
         write_fold(run_dir / backbone / f"fold{fold}", result, predictions, metrics,
                    model_record(backbone, result, features, params))
@@ -107,7 +108,7 @@ def run_backbone(features: FeatureSet, folds: pd.DataFrame, fold_numbers: list[i
         records.append(metrics)
         tables.append(predictions)
     if pooled:
-        predictions = pd.concat(tables, ignore_index=True)
+        predictions = Predictions.concat(tables)
         metrics = pooled_metrics(backbone, records, predictions, features, params)
         _report_warnings(backbone, "pooled", metrics["warnings"])
         metrics["warnings"] += [f"fold {entry['fold']}: {text}" for entry in records for text in entry["warnings"]]

@@ -41,6 +41,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from lusfeat.index import split_key, video_keys
 from lusfeat.scores import CLASSES, argmax_high, most_frequent
 
 ECE_BINS = 10  # equal-mass bins of the expected calibration error
@@ -175,27 +176,23 @@ def set_metrics(y_true: Sequence[int], sets: np.ndarray) -> dict[str, Any]:
             "size_counts": [int((sizes == size).sum()) for size in range(len(CLASSES) + 1)]}
 
 
-def _video_keys(frames: pd.DataFrame) -> pd.DataFrame:
-    return frames[["patient_id", "video_id"]].astype(str).reset_index(drop=True)
-
-
 def video_probabilities(frames: pd.DataFrame, probabilities: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    """Mean frame probability per video: ``(videos, probabilities[v, 4])``.
+    """Mean frame probability per video: ``(videos, probabilities[v, 4])``, videos in order of first appearance.
 
     ``frames`` holds ``patient_id``, ``video_id`` and ``score`` per frame (in the order of
-    ``probabilities``). A video is a (patient_id, video_id) pair, so equal file names of two
-    patients stay apart; its true score is its frames' most frequent score (one per video in
-    COVID-BLUES).
+    ``probabilities``). A video is a (patient_id, video_id) pair (:mod:`lusfeat.index`), so equal
+    file names of two patients stay apart; its true score is its frames' most frequent score (one
+    per video in COVID-BLUES).
     """
     if len(frames) != len(probabilities):
         raise ValueError("one row of probabilities per frame is needed")
-    table = pd.concat([_video_keys(frames), pd.DataFrame(np.asarray(probabilities, dtype=float), columns=CLASSES)], axis=1)
-    table["score"] = np.asarray(frames["score"]).astype(int)
-    grouped = table.groupby(["patient_id", "video_id"], sort=False)
-    mean = grouped[CLASSES].mean()
-    videos = mean.index.to_frame(index=False)
-    videos["score"] = grouped["score"].agg(most_frequent).to_numpy()
-    videos["n_frames"] = grouped.size().to_numpy()
+    keys = pd.Series(video_keys(frames), name="video")
+    grouped = pd.DataFrame(np.asarray(probabilities, dtype=float), columns=CLASSES).groupby(keys, sort=False)
+    mean = grouped.mean()
+    videos = pd.DataFrame([split_key(key) for key in mean.index], columns=["patient_id", "video_id"])
+    scores = pd.Series(np.asarray(frames["score"]).astype(int)).groupby(keys, sort=False)
+    videos["score"] = scores.agg(most_frequent).to_numpy()
+    videos["n_frames"] = scores.size().to_numpy()
     return videos, mean.to_numpy()
 
 
@@ -210,10 +207,8 @@ def evaluate(frames: pd.DataFrame, probabilities: np.ndarray, predicted: Sequenc
     videos, video_proba = video_probabilities(frames, probabilities)
     video_pred = None
     if predicted is not None:
-        keys = _video_keys(frames)
-        per_video = pd.Series(np.asarray(predicted).astype(int)).groupby([keys["patient_id"], keys["video_id"]],
-                                                                          sort=False).agg(most_frequent)
-        video_pred = per_video.to_numpy()
+        keys = video_keys(frames)
+        video_pred = pd.Series(np.asarray(predicted).astype(int)).groupby(keys, sort=False).agg(most_frequent).to_numpy()
     frame_level["video"] = classification_metrics(videos["score"].to_numpy(), video_proba, video_pred)
     return frame_level
 

@@ -81,7 +81,7 @@ from lusfeat.runs import (
     check_compatible,
     distribution_table,
     load_saved_model,
-    predictions_table,
+    make_predictions,
     score_features,
 )
 from lusfeat.scores import CLASSES, UNLABELLED
@@ -184,13 +184,13 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     began = time.perf_counter()
     features = embed_frames(frames, model.extraction, source, batch_size=batch_size, progress=progress)
     probabilities, predicted = score_features(features, frames, model)
-    table = predictions_table(frames, probabilities, predicted, None, *apply_posthoc(model, frames, probabilities, coverage))
+    table = make_predictions(frames, probabilities, predicted, None, *apply_posthoc(model, frames, probabilities, coverage))
     seconds = time.perf_counter() - began
-    view = scorer_view(table, scorer)
-    videos = add_distribution(video_scores(view, scorer, rule), features, frames, model)
-    regions = region_scores(view, scorer, rule)
+    # videos and regions by the scorer's calibrated probabilities, where it has them
+    videos = add_distribution(video_scores(table, scorer, rule, calibrated=True), features, frames, model)
+    regions = region_scores(table, scorer, rule, calibrated=True)
     patients = global_scores(regions)
-    labelled = bool((table["score"] != UNLABELLED).any())
+    labelled = bool((table.truth != UNLABELLED).any())
     result = {
         "model": {"folder": str(Path(model_dir).resolve()), "backbone": model.extraction.backbone,
                   "fold": model.info.get("fold"), "scorer": scorer, "models": list(model.models),
@@ -210,18 +210,11 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
     out.mkdir(parents=True, exist_ok=True)
     if made_manifest is not None:
         write_text(made_manifest.to_csv(index=False), out / "input_manifest.csv")
-    for name, frame in (("frames", table), ("videos", videos), ("regions", regions), ("patients", patients),
-                        ("not_scored", not_scored)):
+    table.write(out / "frames.csv")
+    for name, frame in (("videos", videos), ("regions", regions), ("patients", patients), ("not_scored", not_scored)):
         write_text(frame.to_csv(index=False), out / f"{name}.csv")
     write_json(result, out / "predictions.json")
     return result
-
-
-def scorer_view(table: pd.DataFrame, scorer: str) -> pd.DataFrame:
-    """The frame table with the scorer's calibrated probabilities (where it has them) in its ``_p`` columns."""
-    if f"{scorer}_cal_p0" not in table.columns:
-        return table
-    return table.assign(**{f"{scorer}_p{k}": table[f"{scorer}_cal_p{k}"] for k in CLASSES})
 
 
 def uncertainty_record(model, scorer: str, coverage: float | None) -> dict:

@@ -34,12 +34,13 @@ from lusfeat.aggregate import RULES, Aggregate, aggregate, natural_sorted
 from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
+from lusfeat.index import video_keys
+from lusfeat.predictions import Predictions
 from lusfeat.runs import evaluate_model
 from lusfeat.scores import CLASSES, UNLABELLED
 
 KNOWN_PREFIXES = ("video", "head", "logreg")  # the default preset's primary model first
 FOLD_DIR = re.compile(r"^fold(\d+)$")
-DTYPES = {"patient_id": str, "region": str, "video_id": str, "path": str, "group": str}
 
 
 # --------------------------------------------------------------------------- reading the run
@@ -51,7 +52,7 @@ class Section:
 
     backbone: str
     name: str  # "fold 1", "pooled"
-    predictions: pd.DataFrame
+    predictions: Predictions
     metrics: dict | None
     model: dict | None
     note: str = ""
@@ -63,7 +64,7 @@ class Section:
 
     @property
     def prefixes(self) -> list[str]:
-        return [agg.prefix for agg in self.aggregates]
+        return [agg.model for agg in self.aggregates]
 
 
 @dataclass
@@ -73,21 +74,10 @@ class Run:
     sections: dict[str, list[Section]]  # backbone -> folds then pooled
 
 
-def model_prefixes(predictions: pd.DataFrame) -> list[str]:
-    """Column prefixes with a ``_pred`` and ``_p0.._p3`` columns: video, head and logreg first."""
-    found = [c[: -len("_pred")] for c in predictions.columns if c.endswith("_pred")]
-    found = [p for p in found if all(f"{p}_p{k}" in predictions.columns for k in CLASSES)]
+def model_prefixes(predictions: Predictions) -> list[str]:
+    """The models of a predictions table: video, head and logreg first."""
+    found = predictions.names
     return [p for p in KNOWN_PREFIXES if p in found] + [p for p in found if p not in KNOWN_PREFIXES]
-
-
-def read_predictions(path: Path) -> pd.DataFrame:
-    try:
-        table = pd.read_csv(path, dtype=DTYPES, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise LusfeatError(f"{path}: not a readable predictions CSV ({error})") from error
-    if not model_prefixes(table) or "score" not in table.columns:
-        raise LusfeatError(f"{path}: no score and <model>_pred/_p0.._p3 columns; is it a lusfeat.fit predictions.csv?")
-    return table
 
 
 def _read_json(path: Path) -> dict | None:
@@ -99,7 +89,7 @@ def _read_json(path: Path) -> dict | None:
         raise LusfeatError(f"{path}: not readable JSON ({error})") from error
 
 
-def _section(backbone: str, name: str, folder: Path, predictions: pd.DataFrame, rule: str, note: str = "") -> Section:
+def _section(backbone: str, name: str, folder: Path, predictions: Predictions, rule: str, note: str = "") -> Section:
     section = Section(backbone, name, predictions, _read_json(folder / "metrics.json"), _read_json(folder / "model.json"), note)
     section.aggregates = [aggregate(predictions, prefix, rule) for prefix in model_prefixes(predictions)]
     return section
@@ -119,13 +109,15 @@ def load_run(run_dir: str | os.PathLike, rule: str = "mode") -> Run:
         found = []
         for fold_dir in fold_dirs:
             found.append(_section(backbone_dir.name, f"fold {FOLD_DIR.match(fold_dir.name).group(1)}", fold_dir,
-                                  read_predictions(fold_dir / "predictions.csv"), rule))
+                                  Predictions.read(fold_dir / "predictions.csv"), rule))
         pooled_dir = backbone_dir / "pooled"
         if (pooled_dir / "predictions.csv").is_file():
-            found.append(_section(backbone_dir.name, "pooled", pooled_dir, read_predictions(pooled_dir / "predictions.csv"), rule))
+            found.append(_section(backbone_dir.name, "pooled", pooled_dir, Predictions.read(pooled_dir / "predictions.csv"),
+                                  rule))
         elif len(found) > 1:
-            pooled = pd.concat([s.predictions for s in found], ignore_index=True)
-            if pooled.groupby("patient_id")["fold"].nunique().max() > 1 if "fold" in pooled.columns else False:
+            pooled = Predictions.concat([s.predictions for s in found])
+            frames = pooled.frames
+            if frames.groupby("patient_id")["fold"].nunique().max() > 1 if "fold" in frames.columns else False:
                 raise LusfeatError(f"{backbone_dir}: a patient is in the test set of two folds; the folds are not patient-level")
             found.append(_section(backbone_dir.name, "pooled", pooled_dir, pooled, rule,
                                   note=f"made by the report from the {len(found)} fold predictions (no pooled/ folder)"))
@@ -143,8 +135,7 @@ def frame_metrics(section: Section, prefix: str) -> dict:
     """Frame- and video-level numbers of one model: metrics.json's, else ``lusfeat.metrics.evaluate`` on the predictions."""
     block = (section.metrics or {}).get(prefix)
     if not isinstance(block, dict) or "accuracy" not in block:
-        frames = section.predictions[section.predictions["score"].astype(int) != UNLABELLED]
-        block = evaluate_model(frames, frames, prefix)
+        block = evaluate_model(section.predictions.labelled(), prefix)
     video = block.get("video") or {}
     return {"frames": block.get("n"), "accuracy": block.get("accuracy"), "macro_f1": block.get("macro_f1"),
             "qwk": block.get("qwk"), "roc_auc_macro": block.get("roc_auc_macro"),
@@ -185,10 +176,10 @@ METRIC_COLUMNS = [  # (header, source, key, digits)
 def metric_rows(section: Section) -> list[tuple[str, list[str]]]:
     rows = []
     for agg in section.aggregates:
-        frame = frame_metrics(section, agg.prefix)
+        frame = frame_metrics(section, agg.model)
         values = [_fmt(frame[key] if source == "frame" else agg.agreement[key], digits)
                   for _, source, key, digits in METRIC_COLUMNS]
-        rows.append((agg.prefix, values))
+        rows.append((agg.model, values))
     return rows
 
 
@@ -328,20 +319,20 @@ def _figures_html(section: Section) -> str:
 
 def _patient_summary_html(section: Section) -> str:
     """One row per patient: regions, true global score and each model's, coloured by agreement."""
-    by_prefix = {agg.prefix: agg.patients.set_index("patient_id") for agg in section.aggregates}
+    by_prefix = {agg.model: agg.patients.set_index("patient_id") for agg in section.aggregates}
     first = section.aggregates[0].patients
-    groups = section.predictions.groupby("patient_id")["group"].first() if "group" in section.predictions else {}
+    groups = section.predictions.frames.groupby("patient_id")["group"].first()
     header = ["patient", "group", "fold", "regions", "frames", "true global"]
     for agg in section.aggregates:
-        header += [f"{agg.prefix} global", f"{agg.prefix} regions agreeing"]
+        header += [f"{agg.model} global", f"{agg.model} regions agreeing"]
     rows = []
     for patient in first["patient_id"]:
-        base = by_prefix[section.aggregates[0].prefix].loc[patient]
+        base = by_prefix[section.aggregates[0].model].loc[patient]
         truth = base["truth"]
         row = [_esc(patient), _esc(groups.get(patient, "") if len(groups) else ""), _esc(base.get("fold", "")),
                f"{base['regions']} (0-{base['max_score']})", str(base["frames"]), _fmt(truth, 0) if not math.isnan(truth) else "-"]
         for agg in section.aggregates:
-            mine = by_prefix[agg.prefix].loc[patient]
+            mine = by_prefix[agg.model].loc[patient]
             row += [_score_cell(mine["pred"], truth, near=2), f"{mine['regions_agree']}/{mine['regions_labelled']}"]
         rows.append(row)
     return _table(header, rows, left=2)
@@ -349,8 +340,8 @@ def _patient_summary_html(section: Section) -> str:
 
 def _patient_card(section: Section, patient: str) -> str:
     """The paper's Fig. 4 for one patient: per region, frames per predicted score, truth and scores."""
-    tables = {agg.prefix: agg.regions[agg.regions["patient_id"] == patient].set_index("region") for agg in section.aggregates}
-    first = tables[section.aggregates[0].prefix]
+    tables = {agg.model: agg.regions[agg.regions["patient_id"] == patient].set_index("region") for agg in section.aggregates}
+    first = tables[section.aggregates[0].model]
     regions = natural_sorted(first.index)
     header = ["region", "frames", "truth"]
     for prefix, table in tables.items():
@@ -373,7 +364,8 @@ def _patient_card(section: Section, patient: str) -> str:
     for table in tables.values():
         total += ["", _score_cell(int(table["pred"].sum()), true_global, near=2)] + ([""] if _has_sets(table) else [])
     rows.append(total)
-    group = section.predictions.loc[section.predictions["patient_id"] == patient, "group"].iloc[0] if "group" in section.predictions else ""
+    frames = section.predictions.frames
+    group = frames.loc[frames["patient_id"] == patient, "group"].iloc[0]
     title = f"Patient {patient}" + (f" ({group})" if group else "") + f": {len(regions)} regions, global 0-{3 * len(regions)}"
     return f'<div class="card"><h4>{_esc(title)}</h4>{_table(header, rows)}</div>'
 
@@ -387,7 +379,7 @@ def _agreement_text(section: Section) -> str:
     for agg in section.aggregates:
         a = agg.agreement
         parts.append(
-            f"<li><b>{_esc(agg.prefix)}</b>: region accuracy {_fmt(a['region_accuracy'])} and quadratic-weighted "
+            f"<li><b>{_esc(agg.model)}</b>: region accuracy {_fmt(a['region_accuracy'])} and quadratic-weighted "
             f"kappa {_fmt(a['region_qwk'])} over {a['regions']} patient regions; global score MAE "
             f"{_fmt(a['global_mae'], 2)}, Pearson r {_fmt(a['global_pearson'])} ({_p(a['global_pearson_p'])}), "
             f"Spearman rho {_fmt(a['global_spearman'])} ({_p(a['global_spearman_p'])}) over {a['patients']} patients.</li>")
@@ -407,7 +399,7 @@ def split_check(run: Run) -> str:
             if section.name == "pooled" or not train:
                 continue
             checked += 1
-            overlap = train & set(section.predictions["patient_id"])
+            overlap = train & set(section.predictions.frames["patient_id"])
             if overlap:
                 problems.append(f"{section.backbone} {section.name}: {', '.join(natural_sorted(overlap))}")
     if problems:
@@ -418,14 +410,14 @@ def split_check(run: Run) -> str:
 
 
 def _data_html(run: Run, rule: str) -> str:
-    frames = pd.concat([s[-1].predictions for s in run.sections.values()], ignore_index=True).drop_duplicates(
+    frames = pd.concat([s[-1].predictions.frames for s in run.sections.values()], ignore_index=True).drop_duplicates(
         subset=["path", "frame_index"])
     labelled = frames[frames["score"].astype(int) != UNLABELLED]
     per_score = labelled["score"].astype(int).value_counts().reindex(CLASSES, fill_value=0)
-    videos = frames.drop_duplicates("video_id") if "video_id" in frames else frames.drop_duplicates("path")
+    videos = frames[~pd.Series(video_keys(frames)).duplicated().to_numpy()]
     per_video = videos["score"].astype(int).value_counts().reindex(CLASSES, fill_value=0)
     regions = natural_sorted(frames["region"].unique())
-    groups = frames.drop_duplicates("patient_id")["group"].value_counts().to_dict() if "group" in frames else {}
+    groups = frames.drop_duplicates("patient_id")["group"].value_counts().to_dict()
     group_text = ", ".join(f"{name or 'unknown'} {count}" for name, count in groups.items())
     model = next((s.model for ss in run.sections.values() for s in ss if s.model), None) or {}
     extraction = model.get("extraction") or {}
@@ -493,7 +485,7 @@ def build_html(run: Run, rule: str) -> str:
     for backbone, sections in run.sections.items():
         parts += [f"<h2>{_esc(backbone)}</h2>", _final_html(run, backbone)]
         for section in sections:
-            patients = natural_sorted(section.predictions["patient_id"].unique())
+            patients = natural_sorted(section.predictions.frames["patient_id"].unique())
             parts.append(f'<h3 id="{section.anchor}">{_esc(backbone)}: {_esc(section.name)} '
                          f"({len(patients)} test patients)</h3>")
             if section.note:

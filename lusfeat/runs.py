@@ -11,7 +11,7 @@
                                        metrics.json (no held-out test: see pooled/) and the models
 
 Here: the fit parameters (:class:`FitParams`), fitting one fold (:func:`fit_fold`), the tables and
-records written (:func:`predictions_table`, :func:`fold_metrics`, :func:`pooled_metrics`,
+records written (:func:`make_predictions`, :func:`fold_metrics`, :func:`pooled_metrics`,
 :func:`model_record`), writing a fold (:func:`write_fold`) and loading one back
 (:func:`load_saved_model`) with the checks that refuse features it was not trained on, and
 scoring features with it (:func:`score_features`). ``docs/formats.md`` describes the files.
@@ -40,25 +40,26 @@ import numpy as np
 import pandas as pd
 
 from lusfeat import __version__
-from lusfeat.aggregate import region_scores, video_scores
+from lusfeat.aggregate import REGION_KEYS, VIDEO_KEYS, group_sets
 from lusfeat.errors import LusfeatError
 from lusfeat.files import json_ready, write_csv, write_json
 from lusfeat.folds import assert_patients_disjoint, make_folds, patient_strata, split_frames
+from lusfeat.index import split_key, video_keys
 from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
 from lusfeat.models.calibration import TemperatureScaling
-from lusfeat.models.conformal import ConformalScoreSets, format_set, parse_set
+from lusfeat.models.conformal import ConformalScoreSets
 from lusfeat.models.distribution import VideoDistribution
 from lusfeat.models.head import SeverityHead
 from lusfeat.models.linear import StandardisedLogisticRegression
 from lusfeat.models.ordinal import OrdinalLogisticRegression, decide
 from lusfeat.models.saving import load_estimator, save_estimator
 from lusfeat.models.video import VideoPoolingClassifier
-from lusfeat.scores import CLASSES, argmax_high
+from lusfeat.predictions import FRAME_COLUMNS, ModelPredictions, Predictions
+from lusfeat.scores import CLASSES, argmax_high, most_frequent
 from lusfeat.store import FORMAT_VERSION, ExtractionConfig, FeatureSet, read_config, read_frame_table
 
 log = logging.getLogger("lusfeat.runs")
 DEFAULT_FEATURES = "features/*.h5"
-FRAME_COLUMNS = ["path", "frame_index", "patient_id", "region", "video_id", "group", "score"]
 MODELS = ("head", "logreg", "video")  # column order in predictions.csv
 PRESETS = {"video": ("video", "head", "logreg"), "paper": ("head", "logreg")}  # primary model first
 OWN_DECISION = ("video",)  # models whose score is their own rule (ordinal median), not the argmax
@@ -167,11 +168,6 @@ def read_labelled_frames(path: Path) -> tuple[ExtractionConfig, pd.DataFrame]:
         raise LusfeatError(f"{path}: {int(unlabelled.sum())} frame(s) have no 0-3 score (unlabelled rows of the "
                            "manifest); stage two trains and scores only labelled frames")
     return config, frames
-
-
-def video_keys(frames: pd.DataFrame) -> np.ndarray:
-    """One id per video, unique across patients (two patients may both have an ``L1.mp4``)."""
-    return (frames["patient_id"].astype(str) + "/" + frames["video_id"].astype(str)).to_numpy()
 
 
 def video_fit_arguments(frames: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -378,7 +374,7 @@ def distribution_table(distribution: VideoDistribution, features: np.ndarray, fr
     if len(frames) == 0:  # the final model has no test videos
         return pd.DataFrame({"patient_id": [], "video_id": [], "distance": np.zeros(0), "in_distribution": np.zeros(0, bool)})
     keys, distances = distribution.video_distances(features, video_keys(frames))
-    patient, video = zip(*(key.split("/", 1) for key in keys), strict=True) if len(keys) else ((), ())
+    patient, video = zip(*(split_key(key) for key in keys), strict=True) if len(keys) else ((), ())
     return pd.DataFrame({"patient_id": list(patient), "video_id": list(video), "distance": distances,
                          "in_distribution": distances <= distribution.threshold_})
 
@@ -394,50 +390,40 @@ def distribution_record(result: FoldResult) -> dict[str, Any]:
                                .itertuples(index=False)]}
 
 
-def predictions_table(frames: pd.DataFrame, probabilities: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
-                      folds: np.ndarray | int | None = None, calibrated: dict[str, np.ndarray] | None = None,
-                      sets: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """One row per frame: its labels (``score`` -1 where unlabelled), each model's probabilities
-    ``<model>_p0..p3`` and score ``<model>_pred``, and its test ``fold`` (fit's predictions.csv only).
-
-    With ``calibrated`` and ``sets``, after the models' columns: ``<model>_cal_p0..p3`` (calibrated
-    probabilities) and ``<model>_set`` (its video's score set, ``{1,2}``) for each calibrated model.
-    """
+def make_predictions(frames: pd.DataFrame, probabilities: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
+                     folds: np.ndarray | int | None = None, calibrated: dict[str, np.ndarray] | None = None,
+                     sets: dict[str, np.ndarray] | None = None) -> Predictions:
+    """The :class:`~lusfeat.predictions.Predictions` of these frames: each model's probabilities and scores,
+    and for each calibrated model its calibrated probabilities and score sets; ``folds``: fit's test fold."""
     table = frames[FRAME_COLUMNS].reset_index(drop=True).copy()
-    for model in (name for name in MODELS if name in probabilities):
-        for label in CLASSES:
-            table[f"{model}_p{label}"] = probabilities[model][:, label]
-        table[f"{model}_pred"] = predicted[model]
-    for model in (name for name in MODELS if name in (calibrated or {})):
-        for label in CLASSES:
-            table[f"{model}_cal_p{label}"] = calibrated[model][:, label]
-        table[f"{model}_set"] = [format_set(row) for row in sets[model]]
     if folds is not None:
         table["fold"] = folds
-    return table
+    calibrated, sets = calibrated or {}, sets or {}
+    return Predictions(table, {name: ModelPredictions(probabilities[name], predicted[name], calibrated.get(name),
+                                                      sets.get(name)) for name in MODELS if name in probabilities})
 
 
-def evaluate_model(frames: pd.DataFrame, predictions: pd.DataFrame, model: str) -> dict[str, Any]:
-    """``lusfeat.metrics.evaluate`` of one model's columns (its own scores where it has a rule of its own)."""
-    probabilities = predictions[[f"{model}_p{label}" for label in CLASSES]].to_numpy(float)
-    own = predictions[f"{model}_pred"].to_numpy() if model in OWN_DECISION else None
-    return evaluate(frames, probabilities, own)
+def evaluate_model(predictions: Predictions, model: str) -> dict[str, Any]:
+    """``lusfeat.metrics.evaluate`` of one model (its own scores where it has a rule of its own)."""
+    answers = predictions[model]
+    return evaluate(predictions.frames, answers.probabilities, answers.scores if model in OWN_DECISION else None)
 
 
-def posthoc_metrics(frames: pd.DataFrame, predictions: pd.DataFrame, model: str, target: float) -> dict[str, Any]:
+def posthoc_metrics(predictions: Predictions, model: str, target: float) -> dict[str, Any]:
     """``calibrated`` (``evaluate`` of the calibrated probabilities, scores by the model's rule) and ``sets``
-    (coverage and size of the score sets per video and per region) of a model with ``<model>_cal_p*`` columns."""
-    calibrated = predictions[[f"{model}_cal_p{label}" for label in CLASSES]].to_numpy(float)
-    out: dict[str, Any] = {"calibrated": evaluate(frames, calibrated, decision(model, calibrated))}
+    (coverage and size of the score sets per video and per region) of a calibrated model."""
+    calibrated = predictions[model].calibrated
+    out: dict[str, Any] = {"calibrated": evaluate(predictions.frames, calibrated, decision(model, calibrated))}
     sets: dict[str, Any] = {"target_coverage": target}
-    for level, table in (("video", video_scores(predictions, model)), ("region", region_scores(predictions, model))):
-        table = table[table["truth"] != -1]
-        sets[level] = set_metrics(table["truth"].to_numpy(), np.array([parse_set(text) for text in table["score_set"]]))
+    for level, keys in (("video", VIDEO_KEYS), ("region", REGION_KEYS)):
+        groups, hulls = group_sets(predictions, model, keys)
+        truth = np.array([most_frequent(predictions.truth[rows]) for rows in groups["rows"]])
+        sets[level] = set_metrics(truth[truth != -1], hulls[truth != -1])
     out["sets"] = sets
     return out
 
 
-def compare_models(metrics: dict[str, dict[str, Any]], predictions: pd.DataFrame) -> tuple[float | None, list[str]]:
+def compare_models(metrics: dict[str, dict[str, Any]], predictions: Predictions) -> tuple[float | None, list[str]]:
     """Agreement (Cohen's kappa) of head and regression predictions, and warnings about the head."""
     warnings_found = []
     head, logreg = metrics["head"]["accuracy"], metrics["logreg"]["accuracy"]
@@ -446,7 +432,7 @@ def compare_models(metrics: dict[str, dict[str, Any]], predictions: pd.DataFrame
             f"head accuracy {head:.3f} is {logreg - head:.3f} below the logistic regression's {logreg:.3f} "
             f"(more than {ACCURACY_GAP_WARNING}): the head may be undertrained (more --epochs?) or mis-set"
         )
-    return agreement_kappa(predictions["head_pred"], predictions["logreg_pred"]), warnings_found
+    return agreement_kappa(predictions["head"].scores, predictions["logreg"].scores), warnings_found
 
 
 def features_record(features: FeatureSet) -> dict[str, Any]:
@@ -467,11 +453,11 @@ def fold_metrics(backbone: str, result: FoldResult, predictions: pd.DataFrame, f
     record["models"] = list(result.models)
     record["primary"] = record["models"][0]
     for model in result.models:
-        record[model] = {**evaluate_model(result.test_frames, predictions, model), "fit_seconds": result.seconds[model]}
+        record[model] = {**evaluate_model(predictions, model), "fit_seconds": result.seconds[model]}
         if model in result.posthoc:
             calibration, conformal = result.posthoc[model].to_records()
             record[model]["calibration"] = calibration
-            record[model].update(posthoc_metrics(result.test_frames, predictions, model, params.coverage))
+            record[model].update(posthoc_metrics(predictions, model, params.coverage))
             record[model]["sets"]["threshold"] = conformal["threshold"]
     _headline_coverage(record)
     record["head"]["history"] = result.head.history_
@@ -499,26 +485,25 @@ def fold_metrics(backbone: str, result: FoldResult, predictions: pd.DataFrame, f
 def pooled_metrics(backbone: str, fold_records: list[dict[str, Any]], predictions: pd.DataFrame,
                    features: FeatureSet, params: FitParams) -> dict[str, Any]:
     """Metrics of all test folds' predictions together, with the per-fold values beside them."""
-    frames = predictions[FRAME_COLUMNS]
     record: dict[str, Any] = {
         "backbone": backbone,
         "fold": "pooled",
         "folds": [entry["fold"] for entry in fold_records],
         "n_test_frames": len(predictions),
-        "test_patients": _patients(predictions["patient_id"]),
+        "test_patients": _patients(predictions.frames["patient_id"]),
         "models": fold_records[0]["models"],
         "primary": fold_records[0]["primary"],
     }
     for model in record["models"]:
         per_fold = [entry[model] for entry in fold_records]
         record[model] = {
-            **evaluate_model(frames, predictions, model),
+            **evaluate_model(predictions, model),
             "fit_seconds": float(sum(entry["fit_seconds"] for entry in per_fold)),
             "per_fold": {key: [entry[key] for entry in per_fold]
                          for key in ("accuracy", "macro_f1", "qwk", "roc_auc_macro", "mae", "fit_seconds")},
         }
-        if f"{model}_cal_p0" in predictions.columns and predictions[f"{model}_cal_p0"].notna().all():
-            record[model].update(posthoc_metrics(frames, predictions, model, params.coverage))
+        if predictions[model].calibrated is not None:
+            record[model].update(posthoc_metrics(predictions, model, params.coverage))
             record[model]["calibration"] = {"temperature_per_fold": [entry.get("calibration", {}).get("temperature")
                                                                      for entry in per_fold]}
     _headline_coverage(record)
@@ -610,7 +595,7 @@ def model_record(backbone: str, result: FoldResult, features: FeatureSet, params
     }
 
 
-def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame | None, metrics: dict[str, Any],
+def write_fold(folder: Path, result: FoldResult, predictions: Predictions | None, metrics: dict[str, Any],
                model: dict[str, Any]) -> None:
     """Write a fold (or the final model): predictions, metrics, every estimator as data and model.json last,
     recording each estimator file's sha256 (checked by :func:`load_saved_model`)."""
@@ -618,7 +603,7 @@ def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame | Non
     if predictions is None:  # the final model: nothing held out
         (folder / "predictions.csv").unlink(missing_ok=True)
     else:
-        write_csv(predictions, folder / "predictions.csv")
+        predictions.write(folder / "predictions.csv")
     write_json(metrics, folder / "metrics.json")
     files: dict[str, str] = {}
     saved = {**result.models, **({DISTRIBUTION_FILE: result.distribution} if result.distribution is not None else {})}
@@ -631,9 +616,9 @@ def write_fold(folder: Path, result: FoldResult, predictions: pd.DataFrame | Non
     write_json({**model, "model_format": MODEL_FORMAT, "files": files}, folder / "model.json")
 
 
-def write_pooled(folder: Path, predictions: pd.DataFrame, metrics: dict[str, Any]) -> None:
+def write_pooled(folder: Path, predictions: Predictions, metrics: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv(predictions, folder / "predictions.csv")
+    predictions.write(folder / "predictions.csv")
     write_json(metrics, folder / "metrics.json")
 
 
@@ -869,7 +854,7 @@ def score_features(features: np.ndarray, frames: pd.DataFrame,
 def apply_posthoc(model: SavedModel, frames: pd.DataFrame, probabilities: dict[str, np.ndarray],
                   coverage: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(calibrated probabilities, score sets per frame)`` of each calibrated model of the folder, for
-    :func:`predictions_table`; the sets at ``coverage`` (default: the one each was fitted for)."""
+    :func:`make_predictions`; the sets at ``coverage`` (default: the one each was fitted for)."""
     calibrated, sets = {}, {}
     for name in (name for name in probabilities if name in model.posthoc):
         calibrated[name] = model.posthoc[name].calibrate(probabilities[name])

@@ -18,6 +18,7 @@ from lusfeat.aggregate import (
     video_scores,
 )
 from lusfeat.errors import LusfeatError
+from lusfeat.predictions import Predictions
 
 
 def frames_table(rows: list[tuple], prefix: str = "head") -> pd.DataFrame:
@@ -29,7 +30,7 @@ def frames_table(rows: list[tuple], prefix: str = "head") -> pd.DataFrame:
         records.append({"path": f"{video}.mp4", "frame_index": i, "patient_id": patient, "region": region,
                         "video_id": video, "group": "covid", "score": truth,
                         **{f"{prefix}_p{k}": float(proba[k]) for k in range(4)}, f"{prefix}_pred": pred, "fold": 1})
-    return pd.DataFrame(records)
+    return Predictions.from_table(pd.DataFrame(records))
 
 
 def test_most_frequent_tie_goes_to_higher_score():
@@ -137,11 +138,11 @@ def test_unlabelled_frames_get_predictions_but_no_agreement():
 
 def test_patients_and_regions_sort_naturally_and_logreg_prefix_works():
     rows = [("10", "L10", "a", 0, 0), ("2", "L2", "b", 0, 0), ("2", "L10", "c", 0, 0)]
-    agg = aggregate(frames_table(rows, prefix="logreg"), prefix="logreg")
+    agg = aggregate(frames_table(rows, prefix="logreg"), model="logreg")
     assert list(agg.patients["patient_id"]) == ["2", "10"]
     assert list(agg.regions["region"]) == ["L2", "L10", "L10"]
-    with pytest.raises(LusfeatError, match="head_pred"):
-        aggregate(frames_table(rows, prefix="logreg"), prefix="head")
+    with pytest.raises(LusfeatError, match="no predictions of model 'head'"):
+        aggregate(frames_table(rows, prefix="logreg"), model="head")
     assert global_scores(agg.regions)["regions"].tolist() == [2, 1]
 
 
@@ -151,10 +152,9 @@ def test_aggregate_of_a_fit_run_on_a_synthetic_feature_file(synthetic_fit_run):
 
     from lusfeat.scores import most_frequent
 
-    predictions = pd.read_csv(synthetic_fit_run / "mobilenet" / "pooled" / "predictions.csv",
-                              dtype={"patient_id": str, "video_id": str})
+    predictions = Predictions.read(synthetic_fit_run / "mobilenet" / "pooled" / "predictions.csv")
     frames = synthetic_frames()
-    agg = aggregate(predictions, prefix="video")
+    agg = aggregate(predictions, model="video")
     assert list(agg.patients["patient_id"]) == [str(p) for p in range(1, 7)] and (agg.patients["regions"] == 6).all()
     two_videos = agg.regions["region"].eq("R3") & agg.regions["patient_id"].isin(["3", "6"])
     assert len(agg.regions) == 36 and (agg.regions["frames"] == np.where(two_videos, 10, 5)).all()
@@ -164,7 +164,7 @@ def test_aggregate_of_a_fit_run_on_a_synthetic_feature_file(synthetic_fit_run):
     assert agg.patients.set_index("patient_id")["truth"].to_dict() == truth.groupby(level=0).sum().to_dict()
     # the video model gives each video one score: a one-video region's score is its video's
     one_video = agg.regions[agg.regions["frames"] == 5]
-    per_video = predictions.groupby(["patient_id", "region"])["video_pred"].first()
+    per_video = predictions.table().groupby(["patient_id", "region"])["video_pred"].first()
     assert all(per_video[(row.patient_id, row.region)] == row.pred for row in one_video.itertuples())
     assert agg.agreement["regions"] == 36 and agg.agreement["patients"] == 6
     assert agg.agreement["region_accuracy"] == pytest.approx((agg.regions["pred"] == agg.regions["truth"]).mean())

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from lusfeat.fit import main
+from lusfeat.predictions import FRAME_COLUMNS, ModelPredictions, Predictions
 from lusfeat.runs import compare_models, load_saved_model, score_features
 from lusfeat.store import load_features
 
@@ -151,7 +152,9 @@ def test_user_mistakes_are_errors_not_tracebacks(synthetic_features: Path, tmp_p
 
 
 def test_warning_when_head_trails_the_regression():
-    predictions = pd.DataFrame({"head_pred": [0, 1, 2, 3], "logreg_pred": [0, 1, 2, 2]})
+    frames = pd.DataFrame({column: ["x"] * 4 for column in FRAME_COLUMNS})
+    predictions = Predictions(frames, {"head": ModelPredictions(np.eye(4), np.array([0, 1, 2, 3])),
+                                       "logreg": ModelPredictions(np.eye(4), np.array([0, 1, 2, 2]))})
     kappa, warnings = compare_models({"head": {"accuracy": 0.30}, "logreg": {"accuracy": 0.36}}, predictions)
     assert len(warnings) == 1 and "below the logistic regression" in warnings[0]
     assert 0 < kappa < 1
@@ -222,7 +225,7 @@ def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_
 
 
 def test_calibration_and_sets_are_learned_on_training_patients_only(full_run: Path):
-    from lusfeat.models.conformal import parse_set
+    from lusfeat.predictions import parse_set
 
     for fold in (1, 2, 3):
         folder = full_run / "mobilenet" / f"fold{fold}"

@@ -160,18 +160,3 @@ class ConformalScoreSets(BaseEstimator):
         model.threshold_ = conformal_quantile(model.scores_, model.coverage)
         return model
 
-
-def format_set(row) -> str:
-    """``{1,2}``: the scores of one boolean row, as ``videos.csv`` writes them."""
-    return "{" + ",".join(str(k) for k in CLASSES if row[k]) + "}"
-
-
-def parse_set(text: str) -> np.ndarray:
-    """The boolean row of a :func:`format_set` string."""
-    inside = str(text).strip().strip("{}")
-    row = np.zeros(len(CLASSES), dtype=bool)
-    for part in filter(None, (piece.strip() for piece in inside.split(","))):
-        if part not in {str(k) for k in CLASSES}:
-            raise ValueError(f"not a set of 0-3 scores: {text!r}")
-        row[int(part)] = True
-    return row

@@ -11,9 +11,7 @@ from lusfeat.models.conformal import (
     ConformalScoreSets,
     conformal_quantile,
     fill_gaps,
-    format_set,
     ordinal_nonconformity,
-    parse_set,
 )
 
 
@@ -57,14 +55,6 @@ def test_an_other_coverage_from_the_stored_scores_and_the_record_round_trip():
     assert again.threshold_ == pytest.approx(sets.threshold_)
     assert sets.predict_sets(P, coverage=0.5).sum() <= sets.predict_sets(P).sum()
     np.testing.assert_array_equal(again.predict_sets(P, 0.7), sets.predict_sets(P, 0.7))
-
-
-def test_format_and_parse_sets():
-    row = np.array([False, True, True, False])
-    assert format_set(row) == "{1,2}"
-    np.testing.assert_array_equal(parse_set("{1,2}"), row)
-    with pytest.raises(ValueError, match="not a set"):
-        parse_set("{1,7}")
 
 
 def test_lac_sets_hold_every_score_between_two_held_ones():

@@ -255,10 +255,8 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
             "frames": decoded, "width": int(ds.Columns), "height": int(ds.Rows), "rate": frame_rate(ds)}
 
 
-def iter_frames(path: str | os.PathLike, wanted: list[int] | None, size: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    """``(frame number, rgb)`` of the wanted frames (all when None), resized to ``size`` as video frames are."""
-    from lusfeat.frames import resize_rgb
-
+def iter_frames(path: str | os.PathLike, wanted: list[int] | None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(frame number, rgb)`` of the wanted frames (all when None), full size (:mod:`lusfeat.frames` resizes them
+    as it resizes video frames)."""
     ds = _checked(path)
-    for number, rgb in _decoded(path, ds, wanted):
-        yield number, resize_rgb(rgb, size) if size else rgb
+    yield from _decoded(path, ds, wanted)

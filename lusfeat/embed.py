@@ -64,19 +64,18 @@ def short_stream_warning(path: str, info: MediaInfo) -> str:
 
 
 def plan_media(manifest: pd.DataFrame, frame_step: int = 1, *, skip_unreadable: bool = False) -> FramePlan:
-    """The frames of a manifest, every file's frames counted by decoding them (:func:`lusfeat.frames.media_info`).
+    """The frames of a manifest, each file opened once to count them (:func:`lusfeat.frames.media_info`: from
+    the container where it can be trusted, else by decoding them).
 
     A file that decodes fewer frames than its container announces gives the frames that decode, and a
-    warning naming it and both counts. A file that gives no frame raises, or with ``skip_unreadable``
-    is listed in ``not_scored`` with the reason.
+    warning naming it and both counts. Files that give no frame raise one error naming them all, or with
+    ``skip_unreadable`` are listed in ``not_scored`` with the reason.
     """
     rows, warnings, skipped = [], [], []
     for record in manifest.itertuples(index=False):
         try:
             info = media_info(record.file)
         except LusfeatError as error:
-            if not skip_unreadable:
-                raise
             reason = str(error).split(": ", 1)[-1].removesuffix("; replace or remove the file")
             skipped.append((record.path, record.patient_id, record.region, record.video_id, reason))
             continue
@@ -89,6 +88,9 @@ def plan_media(manifest: pd.DataFrame, frame_step: int = 1, *, skip_unreadable: 
         for index in indices:
             rows.append((record.path, index, record.patient_id, record.region, record.score,
                          record.video_id, record.group, record.file))
+    if skipped and not skip_unreadable:
+        raise LusfeatError("; ".join(f"{path!r} is not a readable image or video ({reason})"
+                                     for path, *_, reason in skipped) + "; replace or remove the file(s)")
     return FramePlan(pd.DataFrame(rows, columns=FRAME_PLAN_COLUMNS), warnings,
                      pd.DataFrame(skipped, columns=NOT_SCORED_COLUMNS))
 

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {engine}: use --engine tensorflow")
         check_engine(engine, precision)
         log.info("engine: %s %s (%s)", engine, precision, why)
-        manifest = read_manifest(args.manifest, args.data_root)
+        # Each file opened once to plan: planning reads what the manifest's check would (an unreadable file is named)
+        manifest = read_manifest(args.manifest, args.data_root, check_readable=False)
         frames = plan_frames(manifest, args.frame_step)
         if frames.empty:
             raise LusfeatError(f"{args.manifest}: no frames to extract")

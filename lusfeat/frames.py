@@ -124,12 +124,68 @@ def probe_media(path: str | os.PathLike) -> str:
 
 
 def media_info(path: str | os.PathLike) -> MediaInfo:
-    """Counts, size and rate of one file, the frames that decode counted by decoding them all.
+    """Counts, size and rate of one file, in one opening of it.
 
-    Raises :class:`LusfeatError` naming the file when none decodes.
+    A video's frames are counted from its container where the count can be trusted: the container announces a
+    count, its stream holds exactly that many packets (read, not decoded), none of them cut short or marked to be
+    discarded, and its first frame decodes. Otherwise (no count announced, a stream cut after its header, edit
+    lists) they are counted by decoding them all, as ever. Raises :class:`LusfeatError` naming the file when no
+    frame decodes.
     """
     if dicom.is_dicom(path):
         return MediaInfo(**dicom.info(path))
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        image = container.format.name in IMAGE_FORMATS
+        rate = float(stream.average_rate) if stream.average_rate and not image else None
+        name = f"{container.format.name} {stream.codec_context.name}"
+        announced = stream.frames
+        first = _container_count(container, stream) if announced > 0 else None
+    if first is not None and first[0] == announced:
+        decoded, width, height = first
+    else:  # the container's count is missing or not to be trusted: count what decodes
+        decoded, width, height = _decoded_count(path)
+        announced = max(announced, decoded) if announced else decoded
+    if not decoded:
+        raise LusfeatError(f"{path}: zero frames, nothing in its video stream decodes ({name}); {WHAT_TO_DO}")
+    kind = "image" if image and decoded == 1 else "video"
+    return MediaInfo(kind, name, announced, decoded, width, height, rate)
+
+
+def _container_count(container: av.container.InputContainer,
+                     stream: av.video.stream.VideoStream) -> tuple[int, int, int] | None:
+    """``(packets, width, height)`` of the first frame, reading every packet and decoding only until the first
+    frame; ``None`` where the packets cannot stand for frames (one cut short, to be discarded, a read error, or no
+    frame decodes)."""
+    packets, first = 0, None
+    demuxed = container.demux(stream)
+    while True:
+        try:
+            packet = next(demuxed)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            return None
+        if packet.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        if packet.is_corrupt or packet.is_discard:
+            return None
+        packets += 1
+        if first is None:
+            try:
+                first = next(iter(packet.decode()), None)
+            except av.error.FFmpegError:
+                return None
+    if first is None:
+        try:
+            first = next(iter(stream.codec_context.decode(None)), None)
+        except av.error.FFmpegError:
+            return None
+    return None if first is None else (packets, first.width, first.height)
+
+
+def _decoded_count(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(frames, width, height)``: the frames that decode, counted by decoding them all."""
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -137,14 +193,7 @@ def media_info(path: str | os.PathLike) -> MediaInfo:
         for frame in _decoded(container, stream):
             decoded += 1
             width, height = frame.width, frame.height
-        image = container.format.name in IMAGE_FORMATS
-        announced = max(stream.frames, decoded) if stream.frames else decoded
-        rate = float(stream.average_rate) if stream.average_rate and not image else None
-        kind = "image" if image and decoded == 1 else "video"
-        name = f"{container.format.name} {stream.codec_context.name}"
-    if not decoded:
-        raise LusfeatError(f"{path}: zero frames, nothing in its video stream decodes ({name}); {WHAT_TO_DO}")
-    return MediaInfo(kind, name, announced, decoded, width, height, rate)
+    return decoded, width, height
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -176,7 +225,7 @@ def iter_frames(
     if wanted is not None and not wanted:
         return
     if dicom.is_dicom(path):
-        frames = dicom.iter_frames(path, wanted, size)
+        frames = ((index, resize_rgb(rgb, size) if size else rgb) for index, rgb in dicom.iter_frames(path, wanted))
     else:
         frames = _video_frames(path, wanted, size)
     position = 0

@@ -21,6 +21,26 @@ def test_real_video_decodes_to_rgb_frames(data_root):
     assert 5 < frames.mean() < 200  # an ultrasound image, not a blank
 
 
+def test_frames_are_counted_from_the_container_where_it_can_be_trusted(data_root, tmp_path, monkeypatch):
+    """Planning opens a file once and decodes its first frame only, where the container's count holds: as many
+    intact packets as it announces. A stream cut after its header is counted by decoding, as before."""
+    from lusfeat import frames
+
+    whole = write_video(tmp_path / "whole.mp4", moving_frames(60), options={"g": "12", "bf": "2"},
+                        container_options={"movflags": "faststart"})
+    cut = cut_file(whole, tmp_path / "cut.mp4", 0.9)
+    expected = {path: frames._decoded_count(path)[0] for path in (data_root / VIDEO, whole, cut)}
+    assert expected[data_root / VIDEO] == 100 and expected[whole] == 60 and 1 <= expected[cut] < 60
+    decoded, original = [], frames._decoded_count
+    monkeypatch.setattr(frames, "_decoded_count", lambda path: decoded.append(Path(path).name) or original(path))
+    for path, count in expected.items():
+        info = media_info(path)
+        assert info.frames == count and (info.width, info.height) == ((350, 350) if path == data_root / VIDEO
+                                                                      else (80, 64))
+    assert decoded == ["cut.mp4"]  # only the file whose container cannot be trusted is decoded to count it
+    assert media_info(cut).announced == 60 and media_info(cut).short
+
+
 def test_frame_step_and_resize(data_root):
     path = data_root / VIDEO
     every = dict(iter_frames(path))

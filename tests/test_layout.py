@@ -66,3 +66,25 @@ def test_nothing_in_the_product_imports_an_experiment():
                    if not module.startswith("lusfeat.experiments") for target in targets
                    if target.startswith("lusfeat.experiments"))
     assert not leaks, "lusfeat/experiments/ holds candidates that lost; the product never imports them: " + "; ".join(leaks)
+
+
+def test_no_import_circles():
+    """No module reaches back to one that imports it, however far round (lazy imports count)."""
+    graph = {module: {target for target in targets if target in import_graph_modules()} for module, targets
+             in import_graph().items()}
+    circles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for target in sorted(graph.get(module, ())):
+                if target == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+    assert not circles, "import circles (one module one job; move what both need below both): " + "; ".join(circles)
+
+
+def import_graph_modules() -> set[str]:
+    return {module_name(path) for path in PACKAGE.rglob("*.py")}

@@ -13,13 +13,16 @@ frame table a shard file holds
 :func:`merge_shards` checks the shards belong together and writes ``OUT/<backbone>.h5``, whose
 features and frame table are bitwise those of an unsharded run, and whose attrs are the same
 (``created`` is the earliest shard's); a data set ``shards`` (JSON text) records the shard files.
-It reads the shards only, and replaces its output atomically.
+It reads the shards only, checks each item it copies against its shard's checksums, copies the
+checksums too, reads the merged file back against them, and only then gives it its final name
+(atomically, flushed to the disk: :func:`lusfeat.files.replace_atomically`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -35,6 +38,7 @@ from lusfeat.backbones import BackboneSpec, WeightsSource
 from lusfeat.embed import ExtractionSummary, extract_backbone
 from lusfeat.errors import LusfeatError
 from lusfeat.files import replace_atomically
+from lusfeat.integrity import CHECKSUM_ATTR, CHECKSUMS, check_complete, check_items, drop_cached_pages, has_checksums
 from lusfeat.store import (
     FEATURES,
     MAPS,
@@ -46,6 +50,7 @@ from lusfeat.store import (
     _write_frames,
     create_data,
     read_config,
+    verify_file,
 )
 
 SHARD_ATTR = "shard"
@@ -162,6 +167,7 @@ class _Shard:
     frames: pd.DataFrame
     rows: np.ndarray
     item_shape: tuple[int, ...]
+    checked: bool  # the shard has checksums (made by a lusfeat that writes them)
 
 
 def _attrs(handle: h5py.File) -> dict[str, Any]:
@@ -196,8 +202,9 @@ def _read_shard(path: Path) -> _Shard:
         record = json.loads(attrs[SHARD_ATTR])
         config = read_config(handle)
         data = handle[MAPS if config.tap else FEATURES]
+        check_complete(path, handle, data)
         shard = _Shard(path, int(record["index"]), int(record["count"]), config, record, attrs,
-                       _read_frames(handle["frames"]), handle[ROWS][:], tuple(data.shape[2:]))
+                       _read_frames(handle["frames"]), handle[ROWS][:], tuple(data.shape[2:]), has_checksums(handle, path))
     if match and (int(match["index"]), int(match["count"])) != (shard.index, shard.count):
         raise LusfeatError(f"{path} holds shard {shard.index} of {shard.count}, not what its name says (renamed or "
                            f"copied?): give it back its name {shard_path(match['stem'] + '.h5', shard.index, shard.count).name} "
@@ -278,6 +285,9 @@ def existing_output(out_path: Path, config: ExtractionConfig, frames: pd.DataFra
     with _open_for_reading(out_path) as handle:
         same = (handle.attrs.get("complete", False) and not read_config(handle).differences(config)
                 and _same_frames(_read_frames(handle["frames"]), frames))
+        if same:  # "up to date" only once what it holds is checked
+            check_complete(out_path, handle, handle[MAPS if config.tap else FEATURES])
+            verify_file(out_path, handle)
     return "same" if same else "other"
 
 
@@ -334,22 +344,30 @@ def merge_shards(out_path: str | Path, shard_paths: list[str | Path] | None = No
             handle.attrs["frames_done"] = total
             handle.attrs["complete"] = False
             data = create_data(handle, first.config, total, first.item_shape)
+            checked = all(shard.checked for shard in shards)
+            if not checked:  # shards made before checksums existed: the merge has none either
+                del handle[CHECKSUMS], handle.attrs[CHECKSUM_ATTR]
             _write_frames(handle.create_group("frames"), frames)
             for shard in shards:
-                _copy_rows(shard, data)
+                _copy_rows(shard, data, handle[CHECKSUMS] if checked else None)
             record = [{"file": shard.path.name, "index": shard.index, "count": shard.count,
                        "frames": len(shard.rows), "patients": list(dict.fromkeys(shard.frames["patient_id"])),
                        **{key: shard.attrs.get(key) for key in ("created", *ENVIRONMENT_ATTRS)}} for shard in shards]
             handle.create_dataset(RECORD, data=json.dumps(record), dtype=h5py.string_dtype())
             handle.attrs["complete"] = True
+            handle.flush()
+            os.fsync(handle.id.get_vfd_handle())
+        drop_cached_pages(target)  # read back from the disk, not from memory
+        verify_file(target)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(out_path, write)
     return MergeSummary(out_path, total, len(shards), time.perf_counter() - began, "written", warnings)
 
 
-def _copy_rows(shard: _Shard, data: h5py.Dataset) -> None:
-    """Copy a shard's frames to their rows of ``data``, run by run of consecutive rows, a bounded slice at a time."""
+def _copy_rows(shard: _Shard, data: h5py.Dataset, checksums: h5py.Dataset | None) -> None:
+    """Copy a shard's frames (and their ``checksums``, if given) to their rows of ``data``, run by run of consecutive
+    rows, a bounded slice at a time; each slice checked against the shard's checksums where it has them."""
     item_bytes = shard.config.copies * int(np.prod(shard.item_shape)) * np.dtype(shard.config.dtype).itemsize
     step = max(1, MERGE_BYTES // max(1, item_bytes))
     breaks = np.flatnonzero(np.diff(shard.rows) != 1) + 1
@@ -361,5 +379,10 @@ def _copy_rows(shard: _Shard, data: h5py.Dataset) -> None:
             for at in range(start, stop, step):
                 end = min(stop, at + step)
                 row = int(shard.rows[at])
-                data[:, row:row + end - at] = source[:, at:end]
+                values = source[:, at:end]
+                if shard.checked:
+                    check_items(shard.path, handle, values, None, at)
+                data[:, row:row + end - at] = values
+                if checksums is not None:
+                    checksums[:, row:row + end - at] = handle[CHECKSUMS][:, at:end]
 

@@ -6,7 +6,8 @@ Layout of ``OUT/<backbone>.h5``:
   ``weights_source``, ``versions`` (JSON), ``created``, ``frames_done`` and ``complete``;
 - ``features``: ``(copies, frames, dim)``, copy 0 the original frame, copies 1..A augmented;
   chunked along frames;
-- ``frames/<column>``: the per-frame table (:data:`FRAME_COLUMNS`), one entry per frame.
+- ``frames/<column>``: the per-frame table (:data:`FRAME_COLUMNS`), one entry per frame;
+- ``checksums``: ``(copies, frames)`` uint32, each stored item's CRC-32 (:mod:`lusfeat.integrity`).
 
 A tap file ``OUT/<backbone>-<tap>.h5`` (``python -m lusfeat.extract --tap NAME``) has the same
 attrs (``tap`` set, ``pooling`` "none") and frame table, and instead of ``features`` holds
@@ -16,13 +17,18 @@ frame, read with :func:`load_maps`.
 While being written the file is ``<backbone>.h5.partial``; only a complete file is renamed to
 its final name, so a reader never mistakes a half-written file for a finished one. A partial
 file whose settings match the request is resumed at ``frames_done``; one that does not match
-is never appended to.
+is never appended to. The data sets are allocated when the file is made (a disk too small says
+so before any work); a block is on the disk (fsync) before ``frames_done`` counts it; a failed
+write raises a :class:`LusfeatError` naming the file, the cause and where a rerun resumes;
+before the rename every item is read back against its checksum, and readers check what they load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -34,7 +40,21 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
+from lusfeat.files import fsync_folder, os_errno, write_failure
+from lusfeat.integrity import (
+    CHECKSUMS,
+    DamagedFile,
+    check_complete,
+    check_items,
+    close_quietly,
+    create_checksums,
+    drop_cached_pages,
+    has_checksums,
+    item_checksums,
+    verify_data,
+)
 
+log = logging.getLogger("lusfeat.store")
 FORMAT_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
 FRAME_COLUMNS = {
@@ -159,15 +179,32 @@ def _same_frames(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 
 def create_data(handle: h5py.File, config: ExtractionConfig, n: int, item_shape: tuple[int, ...]) -> h5py.Dataset:
-    """The empty ``features`` (or a tap file's ``maps``) data set of ``n`` frames, chunked as every feature file is."""
+    """The ``features`` (or a tap file's ``maps``) data set of ``n`` frames, chunked as every feature file is, and
+    its ``checksums``; both allocated on the disk now, so that a disk too small for the file fails here, not later."""
+    early = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    early.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # with fill_time IFSET (default): zeros written now
+    create_checksums(handle, config.copies, n, CHUNK_FRAMES, early.copy())
     if config.tap:
         # One chunk per copy and frame (0.5 MB for Xception's middle flow): training reads
         # random frames and copies, never a run of neighbours.
         shape, chunks = (config.copies, n, *item_shape), (1, 1, *item_shape)
-        return handle.create_dataset(MAPS, shape=shape, dtype=config.dtype, chunks=chunks)
+        return handle.create_dataset(MAPS, shape=shape, dtype=config.dtype, chunks=chunks, dcpl=early)
     shape = (config.copies, n, config.feature_dim)
     chunks = (config.copies, max(1, min(CHUNK_FRAMES, n)), config.feature_dim)
-    return handle.create_dataset(FEATURES, shape=shape, dtype=config.dtype, chunks=chunks)
+    return handle.create_dataset(FEATURES, shape=shape, dtype=config.dtype, chunks=chunks, dcpl=early)
+
+
+def verify_file(path: str | os.PathLike, handle: h5py.File | None = None) -> bool:
+    """Check every stored item of the feature file at ``path`` against its checksum, a bounded slice at a time.
+
+    Raises :class:`~lusfeat.integrity.DamagedFile` naming the first item that differs; returns ``False``
+    (with a warning) for a file made before checksums existed, ``True`` for a verified one.
+    """
+    path = Path(path)
+    if handle is None:
+        with _open_for_reading(path) as opened:
+            return verify_file(path, opened)
+    return verify_data(path, handle, handle[MAPS if MAPS in handle else FEATURES])
 
 
 def package_versions() -> dict[str, str]:
@@ -187,8 +224,10 @@ class FeatureWriter:
 
     ``frames_done`` tells where to continue; call :meth:`write` with consecutive blocks and
     :meth:`finish` at the end. A complete file with the same config is reported by
-    ``complete`` (nothing to do); any mismatch raises unless ``overwrite``, which starts a new
-    file (or resumes a matching partial one) and replaces the old file only when done.
+    ``complete`` (nothing to do, once its checksums are verified); any mismatch raises unless
+    ``overwrite``, which starts a new file (or resumes a matching partial one) and replaces the
+    old file only when done. A write that fails raises a :class:`LusfeatError` (the partial
+    file keeps every block before it, flushed to the disk).
     """
 
     def __init__(self, path: str | os.PathLike, config: ExtractionConfig, frames: pd.DataFrame,
@@ -209,20 +248,25 @@ class FeatureWriter:
         self.frames_done = 0
         self.complete = False
         self._file: h5py.File | None = None
+        self._failed = False  # a write failed: closing must not raise again
         # With overwrite the old file stays readable until the new one replaces it at finish().
         if self.path.exists() and not overwrite:
             with _open_for_reading(self.path) as handle:
                 self._refuse_if_different(self.path, handle, frames)
+                check_complete(self.path, handle, handle[self.dataset])
+                verify_file(self.path, handle)
             self.complete = True
             self.frames_done = len(frames)
             return
         if self.partial.exists():
             try:
-                handle = h5py.File(self.partial, "r+")
+                handle = h5py.File(self.partial, "r+", rdcc_nbytes=0)  # no chunk cache: a write fails where it is made
             except OSError as error:
                 if _locked(error):
                     raise LusfeatError(f"{self.partial} is being written by another running extraction (HDF5 "
                                        "file lock); wait for it to finish, or stop it and run again") from error
+                if os_errno(error) in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise write_failure(error, self.partial, "then run the same command again to resume it") from error
                 # A run killed in the middle of an HDF5 metadata write leaves an unreadable
                 # file; nothing in it can be trusted, so start over.
                 self.partial.unlink()
@@ -238,10 +282,15 @@ class FeatureWriter:
                         raise
                     self.partial.unlink()
                 else:
-                    self._file = handle
-                    self.frames_done = int(handle.attrs["frames_done"])
-                    return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+                    if CHECKSUMS in handle:
+                        self._file = handle
+                        self.frames_done = int(handle.attrs["frames_done"])
+                        return
+                    # Begun by a lusfeat that counted blocks a full disk had lost: its frames cannot be trusted.
+                    log.warning("warning: %s was begun by a lusfeat without write checks: its %d frames are computed "
+                                "again", self.partial, int(handle.attrs["frames_done"]))
+                    handle.close()
+                    self.partial.unlink()
         self._file = self._create(frames, weights_source)
 
     def _refuse_if_different(self, path: Path, handle: h5py.File, frames: pd.DataFrame) -> None:
@@ -260,7 +309,24 @@ class FeatureWriter:
             )
 
     def _create(self, frames: pd.DataFrame, weights_source: str) -> h5py.File:
-        handle = h5py.File(self.partial, "w")
+        """A new partial file, all of it allocated on the disk; on a failure none is left behind."""
+        handle = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = h5py.File(self.partial, "w", rdcc_nbytes=0)
+            self._fill(handle, frames, weights_source)
+            handle.flush()
+            os.fsync(handle.id.get_vfd_handle())
+        except (OSError, RuntimeError, ValueError) as error:
+            if os_errno(error) is None:
+                raise
+            close_quietly(handle)
+            self.partial.unlink(missing_ok=True)
+            size = self.config.copies * len(frames) * (np.prod(self.item_shape) * np.dtype(self.config.dtype).itemsize + 4)
+            raise write_failure(error, self.partial, f"then run the command again (its features take {size / 1e6:.3g} MB)") from error
+        return handle
+
+    def _fill(self, handle: h5py.File, frames: pd.DataFrame, weights_source: str) -> None:
         for key, value in dataclasses.asdict(self.config).items():
             if key == "tap" and not value:
                 continue  # pooled files keep exactly the attrs they had before taps existed
@@ -276,36 +342,80 @@ class FeatureWriter:
         _write_frames(handle.create_group("frames"), frames)
         for key, data in self.extra_datasets.items():
             handle.create_dataset(key, data=data)
-        handle.flush()
-        return handle
+
+    def _resume_hint(self) -> str:
+        total = self._file[self.dataset].shape[1] if self._file is not None else "?"
+        return (f"then run the same command again: {self.partial.name} keeps the first {self.frames_done} of {total} "
+                "frames and the rerun goes on from there")
 
     def write(self, start: int, features: np.ndarray) -> None:
-        """Store ``features`` ``(copies, n, dim)`` for frames ``start .. start+n``; must follow on."""
+        """Store ``features`` ``(copies, n, dim)`` for frames ``start .. start+n`` (must follow on), and their checksums,
+        on the disk before ``frames_done`` counts them; a failed write raises a :class:`LusfeatError`."""
         if start != self.frames_done:
             raise ValueError(f"write at {start}, expected {self.frames_done}")
         stop = start + features.shape[1]
-        self._file[self.dataset][:, start:stop] = features
-        # The counter moves only after the data is in: a kill between the two recomputes a block.
-        self._file.attrs["frames_done"] = stop
-        self._file.flush()
+        features = np.ascontiguousarray(features, dtype=self._file[self.dataset].dtype)  # checksums of the stored bytes
+        checksums = item_checksums(features)
+        try:
+            self._file[self.dataset][:, start:stop] = features
+            self._file[CHECKSUMS][:, start:stop] = checksums
+            self._file.flush()
+            os.fsync(self._file.id.get_vfd_handle())
+            # The counter moves only after the data is on the disk: a kill between the two recomputes a block.
+            self._file.attrs["frames_done"] = stop
+            self._file.flush()
+        except (OSError, RuntimeError, ValueError) as error:
+            if os_errno(error) is None:
+                raise
+            self._failed = True
+            raise write_failure(error, self.partial, self._resume_hint()) from error
         self.frames_done = stop
 
     def finish(self) -> Path:
+        """Mark the file complete, read every item back from the disk against its checksum, then rename it; a
+        mismatch raises :class:`DamagedFile` and sets ``frames_done`` back to it (a rerun recomputes from there)."""
         if self.complete:
             return self.path
         if self.frames_done != self._file[self.dataset].shape[1]:
             raise ValueError("finish() before every frame was written")
-        self._file.attrs["complete"] = True
-        self._file.close()
-        self._file = None
-        os.replace(self.partial, self.path)
+        try:
+            self._file.attrs["complete"] = True
+            self._file.flush()
+            os.fsync(self._file.id.get_vfd_handle())
+            self._file.close()
+            self._file = None
+            drop_cached_pages(self.partial)  # the check below reads the disk, not what is left in memory
+            try:
+                verify_file(self.partial)
+            except DamagedFile as damaged:
+                with h5py.File(self.partial, "r+") as handle:
+                    handle.attrs["frames_done"] = damaged.frame
+                    handle.attrs["complete"] = False
+                raise
+            os.replace(self.partial, self.path)
+            fsync_folder(self.path.parent)
+        except (OSError, RuntimeError, ValueError) as error:
+            if os_errno(error) is None:
+                raise
+            self._failed = True
+            raise write_failure(error, self.path, f"then run the same command again: it checks {self.partial.name} "
+                                "and gives it its final name") from error
         self.complete = True
         return self.path
 
     def close(self) -> None:
+        """Close the file; after a failed write, without raising again (the failure was reported)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            handle, self._file = self._file, None
+            if self._failed:
+                close_quietly(handle)
+                return
+            try:
+                handle.close()
+            except (OSError, RuntimeError, ValueError) as error:
+                if os_errno(error) is None:
+                    raise
+                raise write_failure(error, self.partial, self._resume_hint()) from error
 
     def __enter__(self) -> FeatureWriter:
         return self
@@ -326,25 +436,27 @@ class FeatureSet:
 
 
 def read_frame_table(path: str | os.PathLike) -> tuple[ExtractionConfig, pd.DataFrame]:
-    """The config and per-frame table of a complete feature file, without reading the features."""
+    """The config and per-frame table of a complete feature file, without reading the features (so without
+    checking their checksums: :func:`load_features` does)."""
     with _open_for_reading(path) as handle:
-        if not handle.attrs.get("complete", False):
-            raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
+        check_complete(Path(path), handle, handle[MAPS if MAPS in handle else FEATURES])
         return read_config(handle), _read_frames(handle["frames"])
 
 
 def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtype: str = "float32") -> FeatureSet:
-    """Read a complete feature file (all copies, or those listed) into memory."""
+    """Read a complete feature file (all copies, or those listed) into memory, checked against its checksums."""
     with _open_for_reading(path) as handle:
-        if not handle.attrs.get("complete", False):
-            raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
+        check_complete(Path(path), handle, handle[MAPS if MAPS in handle else FEATURES])
         config = read_config(handle)
         if config.tap:
             raise LusfeatError(f"{path} holds {config.backbone}'s {config.tap!r} activation maps, not pooled features: "
                                "it is for lusfeat.experiments.finetune (lusfeat.store.load_maps); pass a <backbone>.h5 file here")
         frames = _read_frames(handle["frames"])
         data = handle["features"]
-        features = (data[:] if copies is None else data[sorted(copies)]).astype(dtype, copy=False)
+        stored = data[:] if copies is None else data[sorted(copies)]
+        if has_checksums(handle, Path(path)):
+            check_items(Path(path), handle, stored, None if copies is None else sorted(copies))
+        features = stored.astype(dtype, copy=False)
         attrs = {key: (value.item() if isinstance(value, np.generic) else value) for key, value in handle.attrs.items()}
     return FeatureSet(Path(path), config, frames, features, attrs)
 
@@ -367,8 +479,7 @@ def load_maps(path: str | os.PathLike, copies: list[int] | None = None, tap: str
     not fit the top block rebuilt for ``tap``.
     """
     with _open_for_reading(path) as handle:
-        if not handle.attrs.get("complete", False):
-            raise LusfeatError(f"{path}: the file is marked incomplete; rerun python -m lusfeat.extract")
+        check_complete(Path(path), handle, handle[MAPS if MAPS in handle else FEATURES])
         config = read_config(handle)
         if not config.tap:
             raise LusfeatError(f"{path} holds pooled features, not activation maps; make maps with "
@@ -381,5 +492,7 @@ def load_maps(path: str | os.PathLike, copies: list[int] | None = None, tap: str
         if copies is not None and not set(copies) <= set(range(data.shape[0])):
             raise LusfeatError(f"{path}: copies {sorted(copies)} asked for, the file holds 0..{data.shape[0] - 1}")
         maps = data[:] if copies is None else np.stack([data[copy] for copy in sorted(copies)])
+        if has_checksums(handle, Path(path)):
+            check_items(Path(path), handle, maps, None if copies is None else sorted(copies))
         attrs = {key: (value.item() if isinstance(value, np.generic) else value) for key, value in handle.attrs.items()}
     return MapSet(Path(path), config, frames, maps, attrs)

@@ -201,19 +201,31 @@ def _read_cached(folder: Path, key: dict[str, Any]):
 
 
 def _write_cached(folder: Path, key: dict[str, Any], model) -> None:
+    """Save ``model`` as the cache entry ``folder``: whole or not at all. Written in a scratch folder, each file
+    flushed to the disk, ``key.json`` (what :func:`_read_cached` looks for) last, then renamed into place; a
+    failure (full disk, read-only cache) leaves no entry and costs a conversion per run, nothing more."""
     import openvino as ov
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    from lusfeat.files import fsync_file, fsync_folder
+
     scratch = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         ov.save_model(model, scratch / "model.xml", compress_to_fp16=False)
+        for path in scratch.iterdir():
+            fsync_file(path)
         (scratch / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+        fsync_file(scratch / "key.json")
+        fsync_folder(scratch)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(scratch, folder)
-    except OSError as error:  # a read-only cache costs a conversion per run, nothing more
+        fsync_folder(folder.parent)
+    except (OSError, RuntimeError) as error:  # OpenVINO reports a failed save as a RuntimeError
         shutil.rmtree(scratch, ignore_errors=True)
-        log.warning("could not cache the OpenVINO model in %s (%s); set %s to a writable folder", folder, error, CACHE_ENV)
+        cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        log.warning("could not cache the OpenVINO model in %s (%s); it is converted again next time; free space "
+                    "there or set %s to a writable folder", folder, cause, CACHE_ENV)
 
 
 def convert_to_openvino(spec: BackboneSpec, source: WeightsSource, input_size: int):

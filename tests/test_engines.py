@@ -470,3 +470,44 @@ def test_predict_and_explain_with_a_model_of_bfloat16_or_int8_features(nncf, tin
         assert f"features came from openvino {precision}" in caplog.text
         table = pd.read_csv(tmp_path / f"maps-{precision}" / "heatmaps.csv")
         assert len(table) == 1 and (tmp_path / f"maps-{precision}" / table["png"].iloc[0]).is_file()
+
+
+CACHE_UNDER_A_FILE_SIZE_LIMIT = """
+import logging, resource, sys
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from openvino import opset13 as ops
+
+from lusfeat.engines import _read_cached, _write_cached
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+x = ops.parameter([1, 1000], np.float32)
+weights = ops.constant(np.random.default_rng(0).random((1000, 1000), dtype=np.float32))  # a 4 MB model.bin
+model = ov.Model([ops.matmul(x, weights, False, False)], [x])
+folder = Path(sys.argv[1]) / "entry"
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # what ulimit -f 1024 sets
+_write_cached(folder, {"key": 1}, model)
+print(sorted(path.name for path in folder.parent.iterdir()), _read_cached(folder, {"key": 1}))
+"""
+
+
+def test_a_cache_entry_the_disk_cannot_hold_is_never_left_half_written(openvino, tmp_path):
+    """The OpenVINO model is saved under a file-size limit (a child process): the save fails (OpenVINO raises a
+    RuntimeError, not an OSError: before, a traceback and a half-written scratch folder), a warning says so,
+    and nothing is left in the cache; an entry without its key.json (written last) is never read."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    out = subprocess.run([sys.executable, "-c", CACHE_UNDER_A_FILE_SIZE_LIMIT, str(cache)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[] None"
+    assert "could not cache the OpenVINO model in" in out.stderr and "converted again next time" in out.stderr
+    entry = cache / "half"
+    entry.mkdir()
+    (entry / "model.xml").write_text("<net/>")
+    assert engines._read_cached(entry, {"key": 1}) is None

@@ -83,6 +83,16 @@ def fsync_folder(path: str | os.PathLike) -> None:
         os.close(descriptor)
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a failure (read-only parent, full disk) raises a :class:`LusfeatError` naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_failure(error, path) from error
+    return path
+
+
 def replace_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(temporary)``, flush it to the disk, rename it to ``path`` and flush the rename; return ``path``.
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
+from lusfeat.files import make_folder, replace_atomically
 from lusfeat.scores import CLASSES
 
 MAP_BATCH = 8  # frames through the backbone at a time
@@ -183,7 +184,9 @@ def write_overlay(frame_map: FrameMap, path: Path, title: str) -> Path:
         axis.set_axis_off()
     figure.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
     figure.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        make_folder(path.parent)
+        replace_atomically(path, lambda target: figure.savefig(target, bbox_inches="tight"))
+    finally:
+        plt.close(figure)
     return path

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
+from lusfeat.files import write_csv
 
 REQUIRED_COLUMNS = ("path", "patient_id", "region", "score")
 OPTIONAL_COLUMNS = ("group", "video_id", "frame")
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "covid-blues":
             table = build_covid_blues_manifest(args.dataset_dir)
-            table.to_csv(args.out, index=False)
+            write_csv(table, args.out)
             print(f"wrote {args.out}: {len(table)} videos, {table['patient_id'].nunique()} patients")
         else:
             table = read_manifest(args.manifest, args.data_root, require_scores=not args.unlabelled)

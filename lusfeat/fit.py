@@ -233,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not rows:
         return 0
-    update_summary(run_dir / "summary.csv", rows)
+    try:
+        update_summary(run_dir / "summary.csv", rows)
+    except LusfeatError as error:  # a full disk, say: the fold folders are written, the summary is not
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="n/a"))
     return 0

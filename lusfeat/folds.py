@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.errors import LusfeatError
-from lusfeat.files import write_csv
+from lusfeat.files import make_folder, write_csv
 
 FOLDS_FILE = "folds.csv"
 FOLD_COLUMNS = ["patient_id", "fold"]
@@ -95,7 +95,7 @@ def read_folds(path: str | os.PathLike) -> pd.DataFrame:
 def write_folds(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write atomically (temporary name, then rename): a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     return write_csv(table[FOLD_COLUMNS], path)
 
 

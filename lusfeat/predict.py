@@ -73,7 +73,7 @@ from lusfeat.cli import add_verbose_argument, start
 from lusfeat.embed import NOT_SCORED_COLUMNS, embed_frames, plan_media
 from lusfeat.engines import ALL_PRECISIONS, ENGINES, check_engine, engine_version
 from lusfeat.errors import LusfeatError
-from lusfeat.files import write_json, write_text
+from lusfeat.files import make_folder, write_json, write_text
 from lusfeat.manifest import read_input
 from lusfeat.runs import (
     MODEL_FILES,
@@ -207,7 +207,7 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
         "warnings": list(plan.warnings),
         "in_distribution": distribution_summary(videos, model),
     }
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     if made_manifest is not None:
         write_text(made_manifest.to_csv(index=False), out / "input_manifest.csv")
     table.write(out / "frames.csv")

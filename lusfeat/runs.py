@@ -42,7 +42,7 @@ import pandas as pd
 from lusfeat import __version__
 from lusfeat.aggregate import REGION_KEYS, VIDEO_KEYS, group_sets
 from lusfeat.errors import LusfeatError
-from lusfeat.files import json_ready, write_csv, write_json
+from lusfeat.files import json_ready, make_folder, write_csv, write_json
 from lusfeat.folds import assert_patients_disjoint, make_folds, patient_strata, split_frames
 from lusfeat.index import split_key, video_keys
 from lusfeat.metrics import agreement_kappa, evaluate, set_metrics, video_probabilities
@@ -599,7 +599,7 @@ def write_fold(folder: Path, result: FoldResult, predictions: Predictions | None
                model: dict[str, Any]) -> None:
     """Write a fold (or the final model): predictions, metrics, every estimator as data and model.json last,
     recording each estimator file's sha256 (checked by :func:`load_saved_model`)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     if predictions is None:  # the final model: nothing held out
         (folder / "predictions.csv").unlink(missing_ok=True)
     else:
@@ -617,7 +617,7 @@ def write_fold(folder: Path, result: FoldResult, predictions: Predictions | None
 
 
 def write_pooled(folder: Path, predictions: Predictions, metrics: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     predictions.write(folder / "predictions.csv")
     write_json(metrics, folder / "metrics.json")
 

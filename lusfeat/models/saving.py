@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lusfeat.errors import LusfeatError
-from lusfeat.files import replace_atomically, write_json
+from lusfeat.files import make_folder, replace_atomically, write_json
 
 SAVED_CLASSES: dict[str, type] = {}
 ARRAY_KINDS = "biufU"  # booleans, integers, floats, text: never objects
@@ -138,7 +138,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_estimator(estimator: Any, folder: str | os.PathLike, stem: str) -> dict[str, str]:
     """Write ``folder/STEM.json`` and ``folder/STEM.npz`` (atomically); ``{file name: sha256}`` of both."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     record, arrays = estimator_state(estimator)
 
     def write_arrays(target: Path) -> None:

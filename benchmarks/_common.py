@@ -120,15 +120,14 @@ def select_patients(manifest: pd.DataFrame, patients: str, seed: int) -> list[st
 
 
 def patient_folds(frames: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
-    """Fold number (0..n_folds-1) of each frame: ``lusfeat.folds`` patient-level folds (stratified by group).
+    """Fold number (0..n_folds-1) of each frame: the library's outer patient-level folds
+    (:func:`lusfeat.training.patient_splits`), as an array, so that every method of a benchmark sees the same folds."""
+    from lusfeat.training import patient_splits
 
-    The same array is used for every method in a benchmark, so they see the same folds.
-    """
-    from lusfeat.folds import make_folds, patient_strata
-
-    table = make_folds(patient_strata(frames), n_folds, seed)
-    fold_of = dict(zip(table["patient_id"].astype(str), table["fold"] - 1, strict=True))
-    return frames["patient_id"].astype(str).map(fold_of).to_numpy(np.int64)
+    fold_of = np.empty(len(frames), np.int64)
+    for fold, (_, test) in enumerate(patient_splits(frames, n_folds, seed)):
+        fold_of[test] = fold
+    return fold_of
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -162,8 +162,8 @@ class Method:
     description: str
     features: tuple[str, ...]
     make: Callable[[int], Any]
-    # "frame": frame rows; "video" / "fit": a VideoPoolingClassifier, given videos, patients and strata;
-    # "attention": an estimator given the videos only
+    # "frame": frame rows; "video" / "fit": a VideoPoolingClassifier; "attention": attention pooling (all take
+    # fit(X, y, *, index), the frames' videos, patients and strata)
     level: str = "frame"
     decision: str = "argmax"  # "argmax" | "expected" | "median" | "model" (the estimator's predict)
     nested_c: tuple[float, ...] = ()  # the C grid the estimator chooses from (reported)
@@ -200,7 +200,7 @@ def _video(inner: Callable[..., Any], Cs: tuple[float, ...], **inner_kwargs: Any
 
 
 def _fit_default(seed: int):
-    from lusfeat.runs import FitParams
+    from lusfeat.models.registry import FitParams
 
     return FitParams(seed=seed).video_model()
 
@@ -219,7 +219,7 @@ def _head_takes_class_weight() -> bool:
 
 def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...] = NESTED_C,
                   lung: bool = False) -> list[Method]:
-    from lusfeat.runs import FitParams
+    from lusfeat.models.registry import FitParams
 
     def video(name: str, description: str, features: tuple[str, ...], inner: Callable[..., Any],
               **inner_kwargs: Any) -> Method:
@@ -307,28 +307,6 @@ def build_methods(backbones: list[str], signal: bool, nested_c: tuple[float, ...
 # --------------------------------------------------------------------------- evaluation
 
 
-def fit_predict(method: Method, X: np.ndarray, frames: pd.DataFrame, train: np.ndarray,
-                test: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    """Held-out ``(probabilities, classes)`` of the ``test`` frames from the method's model fitted on ``train``, and the model."""
-    from lusfeat.models.ordinal import decide
-    from lusfeat.runs import video_fit_arguments, video_keys
-
-    y = frames["score"].to_numpy().astype(np.int32)
-    model = method.make(seed)
-    if method.level == "frame":
-        model.fit(X[:, train], y[train])
-        held_out: tuple[Any, ...] = (X[0, test],)
-    else:  # estimators that take the frames of each video themselves
-        arguments = video_fit_arguments(frames.iloc[train])
-        if method.level == "attention":
-            arguments = {"videos": arguments["videos"]}  # it takes no patients
-        model.fit(X[:, train], y[train], **arguments)
-        held_out = (X[0, test], video_keys(frames.iloc[test]))
-    probabilities = np.asarray(model.predict_proba(*held_out), dtype=np.float64)
-    classes = model.predict(*held_out) if method.decision == "model" else decide(probabilities, method.decision)
-    return probabilities, np.asarray(classes).astype(np.int64), model
-
-
 def score(frames: pd.DataFrame, probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     """Every metric of the module docstring, on held-out predictions of all frames.
 
@@ -367,7 +345,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> dict[str, Any]:
     from sklearn.model_selection import StratifiedKFold
 
-    from lusfeat.folds import make_folds, patient_strata, split_frames
+    from lusfeat.training import held_out_predictions, patient_splits
 
     X = data.features(method.features)
     if method.copies is not None:
@@ -376,16 +354,14 @@ def run_method(method: Method, data: Data, seeds: list[int], n_folds: int) -> di
     y = frames["score"].to_numpy().astype(np.int32)
     per_seed, chosen, began = [], [], time.perf_counter()
     for seed in seeds:
-        if method.leaky:
+        if method.leaky:  # deliberately not the library's split: what a frame-level split fakes
             splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
             splits = list(splitter.split(np.zeros(len(y)), y))
         else:
-            folds = make_folds(patient_strata(frames), n_folds, seed=seed)
-            splits = [split_frames(frames, folds, fold) for fold in range(1, n_folds + 1)]
-        probabilities = np.zeros((len(y), len(CLASSES)))
-        predicted = np.zeros(len(y), np.int64)
-        for fold, (train, test) in enumerate(splits, start=1):
-            probabilities[test], predicted[test], model = fit_predict(method, X, frames, train, test, seed)
+            splits = patient_splits(frames, n_folds, seed)
+        probabilities, predicted, models = held_out_predictions(partial(method.make, seed), X, frames, splits,
+                                                                method.decision)
+        for fold, model in enumerate(models, start=1):
             if hasattr(model, "C_"):
                 chosen.append({"seed": seed, "fold": fold, "C": model.C_, "inner_video_qwk": model.inner_qwk_})
         per_seed.append({"seed": seed, **score(frames, probabilities, predicted)})
@@ -481,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = baselines.get(result["features"][0], baselines.get(backbones[0]))
         if result["group"] == "candidate" and reference is not None:
             result["versus_paper"] = wins_over(result, reference)
-    from lusfeat.runs import video_keys
+    from lusfeat.index import video_keys
 
     frames = data.frames
     record = {

@@ -48,10 +48,9 @@ def make_model(args: argparse.Namespace, tap: str, seed: int, epochs: int | None
 
 
 def splits_for(frames, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from lusfeat.folds import make_folds, patient_strata, split_frames
+    from lusfeat.training import patient_splits
 
-    folds = make_folds(patient_strata(frames), n_folds, seed=seed)
-    return [split_frames(frames, folds, fold) for fold in range(1, n_folds + 1)]
+    return patient_splits(frames, n_folds, seed)
 
 
 def consistency(args: argparse.Namespace, X: np.ndarray, pooled: np.ndarray, tap: str, frames: int = 64) -> dict[str, Any]:
@@ -174,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lusfeat.runs import video_keys
+    from lusfeat.index import video_keys
     from lusfeat.store import load_maps
 
     args = build_parser().parse_args(argv)

@@ -177,9 +177,10 @@ def non_lung_features(features, kinds: tuple[str, ...], per_kind: int, weights: 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from lusfeat.folds import make_folds, patient_strata
-    from lusfeat.runs import FitParams, distribution_table, video_fit_arguments
+    from lusfeat.index import FrameIndex
+    from lusfeat.models.registry import FitParams
     from lusfeat.store import load_features
+    from lusfeat.training import distribution_table, patient_splits
 
     features = load_features(args.features)
     frames = features.frames.reset_index(drop=True)
@@ -207,13 +208,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for seed in seeds:
             params = dataclasses.replace(FitParams(seed=seed), **{f"distribution_{key}": value
                                                                   for key, value in changes.items()})
-            table = make_folds(patient_strata(frames), args.folds, seed).set_index("patient_id")["fold"]
-            fold_of = frames["patient_id"].astype(str).map(table).to_numpy()
+            splits = patient_splits(frames, args.folds, seed)
             per_fold, kinds_flagged = [], {kind: 0 for kind in kinds}
             non_lung_checks, non_lung_min_ratio = 0, np.inf
-            for fold in range(1, args.folds + 1):
-                train, test = fold_of != fold, fold_of == fold
-                model = params.distribution().fit(X[train], scores[train], **video_fit_arguments(frames[train]))
+            for fold, (train_rows, test_rows) in enumerate(splits, start=1):
+                train, test = np.isin(np.arange(len(frames)), train_rows), np.isin(np.arange(len(frames)), test_rows)
+                model = params.distribution().fit(X[train], scores[train], index=FrameIndex.of(frames[train]))
                 held_out = distribution_table(model, X[test], frames[test])
                 flagged = int((~held_out["in_distribution"]).sum())
                 single = distribution_table(model, X[test & first], frames[test & first])  # a still image of each

@@ -270,11 +270,12 @@ def video_model_seconds(features: np.ndarray, frames: pd.DataFrame, train: np.nd
     Its cost follows the number of videos (a row per video and copy), not of frames: pooling is
     a linear pass, so the time on a frame-stepped cache stands for the full-size one too.
     """
-    from lusfeat.runs import FitParams, video_fit_arguments
+    from lusfeat.index import FrameIndex
+    from lusfeat.models.registry import FitParams
 
     rows = frames.iloc[np.flatnonzero(train)]
     began = time.perf_counter()
-    FitParams(seed=seed).video_model().fit(features[:, train], rows["score"].to_numpy(), **video_fit_arguments(rows))
+    FitParams(seed=seed).video_model().fit(features[:, train], rows["score"].to_numpy(), index=FrameIndex.of(rows))
     return time.perf_counter() - began
 
 

@@ -31,15 +31,9 @@ from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.heatmaps import explain_video, write_overlay
 from lusfeat.manifest import read_input
+from lusfeat.models.registry import MODELS
 from lusfeat.predictions import format_set
-from lusfeat.runs import (
-    MODEL_FILES,
-    apply_posthoc,
-    check_compatible,
-    load_saved_model,
-    make_predictions,
-    score_features,
-)
+from lusfeat.runfolder import check_compatible, load_saved_model
 from lusfeat.scores import UNLABELLED
 
 log = logging.getLogger("lusfeat.explain")
@@ -103,10 +97,9 @@ def explain(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
                                    f"{', ...' if len(indices) > 8 else ''}); pick from those")
         log.info("patient %s, video %s: %d frames through %s, maps of %d", patient, video, len(table), spec.name,
                  len(chosen))
-        maps, features, value = explain_video(extractor, model.models[scorer], scorer, table,
+        maps, features, value = explain_video(extractor, model.models[scorer], table,
                                               model.extraction.input_size, chosen)
-        probabilities, predicted = score_features(features, table, model)
-        scored = make_predictions(table, probabilities, predicted, None, *apply_posthoc(model, table, probabilities))
+        scored = model.predictions(features, table)
         answers = scored[scorer]
         for frame_map in maps:
             at = int(np.flatnonzero(scored.frames["frame_index"].to_numpy() == frame_map.frame_index)[0])
@@ -135,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="frame indices to map in every video, comma-separated (multiples of the model's frame step)")
     parser.add_argument("--per-video", type=int, default=3,
                         help="without --frames: this many frames per video, evenly spread (default: %(default)s)")
-    parser.add_argument("--scorer", choices=tuple(MODEL_FILES), default=None,
+    parser.add_argument("--scorer", choices=tuple(MODELS), default=None,
                         help="the model whose score is explained (default: the folder's primary model)")
     parser.add_argument("--data-root", default=None, help="folder a manifest's paths are relative to")
     parser.add_argument("--weights", default="imagenet", help="backbone weights, those the model was trained with "

@@ -55,29 +55,20 @@ import pandas as pd
 from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.folds import load_or_make_folds
+from lusfeat.models.registry import PRESETS, FitParams
 from lusfeat.predictions import Predictions
-from lusfeat.runs import (
-    DEFAULT_FEATURES,
-    PRESETS,
+from lusfeat.records import (
     SUMMARY_COLUMNS,
-    FitParams,
-    check_one_engine,
-    earlier_extractions,
     final_metrics,
-    fit_final,
-    fit_fold,
     fold_metrics,
-    make_predictions,
     model_record,
     pooled_metrics,
-    read_labelled_frames,
-    resolve_feature_paths,
     summary_rows,
     update_summary,
-    write_fold,
-    write_pooled,
 )
+from lusfeat.runfolder import check_one_engine, earlier_extractions, write_fold, write_pooled
 from lusfeat.store import FeatureSet, load_features
+from lusfeat.training import DEFAULT_FEATURES, fit_final, fit_fold, read_labelled_frames, resolve_feature_paths
 
 log = logging.getLogger("lusfeat.fit")
 
@@ -89,11 +80,9 @@ def run_backbone(features: FeatureSet, folds: pd.DataFrame, fold_numbers: list[i
     records, tables = [], []
     for fold in fold_numbers:
         result = fit_fold(features, folds, fold, params)
-        predictions = make_predictions(result.test_frames, result.probabilities, result.predicted, fold,
-                                       result.calibrated, result.sets)
-        metrics = fold_metrics(backbone, result, predictions, features, params)
-        write_fold(run_dir / backbone / f"fold{fold}", result, predictions, metrics,
-                   model_record(backbone, result, features, params))
+        predictions = result.predictions
+        metrics = fold_metrics(backbone, result, features, params)
+        write_fold(run_dir / backbone / f"fold{fold}", result, metrics, model_record(backbone, result, features, params))
         log.info("%s fold %d: %d train frames x %d copies (%d patients), %d test frames (%d patients) | "
                  "%s", backbone, fold, result.n_train_frames, features.config.copies, len(result.train_patients),
                  len(predictions), len(result.test_patients),
@@ -123,7 +112,7 @@ def run_final(features: FeatureSet, run_dir: Path, params: FitParams) -> dict[st
     result = fit_final(features, params)
     folder = run_dir / backbone / "final"
     metrics = final_metrics(backbone, result, features, params, run_dir / backbone / "pooled")
-    write_fold(folder, result, None, metrics, model_record(backbone, result, features, params))
+    write_fold(folder, result, metrics, model_record(backbone, result, features, params))
     log.info("%s final: %d frames x %d copies of %d patients | %s", backbone, result.n_train_frames,
              features.config.copies, len(result.train_patients),
              " | ".join(f"{name} {metrics[name]['fit_seconds']:.2f} s" for name in result.models))

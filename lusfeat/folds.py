@@ -19,6 +19,7 @@ import pandas as pd
 
 from lusfeat.errors import LusfeatError
 from lusfeat.files import make_folder, write_csv
+from lusfeat.index import FrameIndex
 
 FOLDS_FILE = "folds.csv"
 FOLD_COLUMNS = ["patient_id", "fold"]
@@ -149,3 +150,22 @@ def split_frames(frames: pd.DataFrame, folds: pd.DataFrame, fold: int) -> tuple[
     patients = frames["patient_id"].astype(str).to_numpy()
     assert_patients_disjoint(patients[train], patients[test])
     return train, test
+
+
+INNER_SEED_OFFSET = 1000  # every inner split of a fit is seeded seed + 1000
+
+
+def inner_patient_folds(index: FrameIndex, y, n_folds: int, seed: int | None) -> tuple[np.ndarray, int]:
+    """``(fold of each frame 1..k, k)``: the patients of ``index`` in ``k = min(n_folds, patients)`` folds,
+    stratified as :func:`patient_strata` (group, else highest score ``y``), seeded ``seed + 1000``.
+
+    The one inner split of a fit: the video model's choice of C, calibration and score sets, and the
+    distribution check's threshold are all learned on it, from the training patients only. ``k < 2``
+    (one patient) gives folds of zeros: there is nothing to hold out.
+    """
+    strata = patient_strata(index.frame_table(y))
+    k = min(n_folds, len(strata))
+    if k < 2:
+        return np.zeros(len(index), dtype=np.int64), k
+    folds = make_folds(strata, k, seed=INNER_SEED_OFFSET + (seed or 0)).set_index("patient_id")["fold"]
+    return pd.Series(index.patient.astype(str)).map(folds).to_numpy().astype(np.int64), k

@@ -31,7 +31,6 @@ import pandas as pd
 
 from lusfeat.errors import LusfeatError
 from lusfeat.files import make_folder, replace_atomically
-from lusfeat.scores import CLASSES
 
 MAP_BATCH = 8  # frames through the backbone at a time
 
@@ -55,60 +54,17 @@ class FrameMap:
         return up / peak if peak > 0 else up
 
 
-def target_function(model, name: str) -> tuple[Callable, str]:
-    """``(f, what)``: ``f`` maps one video's frame features ``(n, dim)`` (a TF tensor) to the scalar to explain."""
-    import tensorflow as tf
-
-    if name == "video":
-        estimator = getattr(model, "estimator_", None)
-        if not hasattr(estimator, "coef_") or not hasattr(estimator, "thresholds_"):
-            raise LusfeatError("heat maps of the video model need its ordinal estimator (lusfeat.fit's default); "
-                               f"this one is {type(estimator).__name__}: use --scorer head")
-        pooling = tuple(model.pooling)
-        mean = tf.constant(estimator.mean_, tf.float32)
-        scale = tf.constant(estimator.scale_, tf.float32)
-        coef = tf.constant(estimator.coef_, tf.float32)
-
-        def video_latent(features):
-            parts = []
-            average = tf.reduce_mean(features, axis=0)
-            for statistic in pooling:
-                if statistic == "mean":
-                    parts.append(average)
-                elif statistic == "std":
-                    variance = tf.reduce_mean(features ** 2, axis=0) - average ** 2
-                    parts.append(tf.sqrt(tf.maximum(variance, 1e-12)))
-                else:
-                    parts.append(tf.reduce_max(features, axis=0))
-            pooled = tf.concat(parts, axis=0)
-            return tf.reduce_sum((pooled - mean) / scale * coef)
-
-        return video_latent, "video latent severity (ordinal w.z; higher = more severe)"
-    if name == "head":
-        layer = model.model_.get_layer("severity")
-        kernel = tf.constant(np.asarray(layer.kernel), tf.float32)
-        bias = tf.constant(np.asarray(layer.bias), tf.float32)
-
-        def head_logit(features):
-            logits = features @ kernel + bias
-            chosen = tf.stop_gradient(len(CLASSES) - 1 - tf.argmax(tf.reverse(logits, axis=[1]), axis=1))
-            return tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
-
-        return head_logit, "frame logit of the head's predicted score"
-    if name == "logreg":
-        if model.coef_.shape[0] != len(model.fitted_classes_):
-            raise LusfeatError("heat maps of the regression need a multinomial fit over 3 or more scores")
-        weights = tf.constant((model.coef_ / model.scale_).T, tf.float32)
-        offset = tf.constant(model.intercept_ - (model.coef_ / model.scale_) @ model.mean_, tf.float32)
-
-        def logreg_logit(features):
-            logits = features @ weights + offset
-            chosen = tf.stop_gradient(tf.shape(logits)[1] - 1 - tf.argmax(tf.reverse(logits, axis=[1]), axis=1,
-                                                                           output_type=tf.int32))
-            return tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
-
-        return logreg_logit, "frame logit of the regression's predicted score"
-    raise LusfeatError(f"no heat maps for model {name!r}; known: video, head, logreg")
+def target_function(model) -> tuple[Callable, str]:
+    """``(f, what)``: ``f`` maps one video's frame features ``(n, dim)`` (a TF tensor) to the scalar to explain,
+    the estimator's own Grad-CAM target (its ``gradcam_target``; :data:`lusfeat.models.registry.MODELS` says which)."""
+    # a calibrated model (lusfeat.models.calibrated) explains its estimator's score
+    estimator = model if hasattr(model, "gradcam_target") else getattr(model, "estimator_", model)
+    if not hasattr(estimator, "gradcam_target"):
+        raise LusfeatError(f"no heat maps for a {type(estimator).__name__}: it has no Grad-CAM target")
+    try:
+        return estimator.gradcam_target()
+    except ValueError as error:
+        raise LusfeatError(f"{error}: use another --scorer") from error
 
 
 def conv_maps(extractor, images: np.ndarray) -> np.ndarray:
@@ -140,7 +96,7 @@ def video_images(frames: pd.DataFrame, size: int) -> np.ndarray:
     return np.stack([next(images)[0] for _ in range(len(frames))])
 
 
-def explain_video(extractor, model, name: str, frames: pd.DataFrame, size: int,
+def explain_video(extractor, model, frames: pd.DataFrame, size: int,
                   chosen: list[int] | None = None) -> tuple[list[FrameMap], np.ndarray, float]:
     """Heat maps of one video's ``chosen`` frame indices (default: all of ``frames``).
 
@@ -149,7 +105,7 @@ def explain_video(extractor, model, name: str, frames: pd.DataFrame, size: int,
     """
     images = video_images(frames, size)
     maps = conv_maps(extractor, images)
-    target, _ = target_function(model, name)
+    target, _ = target_function(model)
     cams, value = grad_cam(maps, target)
     indices = frames["frame_index"].astype(int).tolist()
     wanted = indices if chosen is None else chosen

@@ -75,16 +75,10 @@ from lusfeat.engines import ALL_PRECISIONS, ENGINES, check_engine, engine_versio
 from lusfeat.errors import LusfeatError
 from lusfeat.files import make_folder, write_json, write_text
 from lusfeat.manifest import read_input
-from lusfeat.runs import (
-    MODEL_FILES,
-    apply_posthoc,
-    check_compatible,
-    distribution_table,
-    load_saved_model,
-    make_predictions,
-    score_features,
-)
+from lusfeat.models.registry import MODELS
+from lusfeat.runfolder import check_compatible, load_saved_model
 from lusfeat.scores import CLASSES, UNLABELLED
+from lusfeat.training import distribution_table
 
 log = logging.getLogger("lusfeat.predict")
 
@@ -183,8 +177,7 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
              frames["patient_id"].nunique())
     began = time.perf_counter()
     features = embed_frames(frames, model.extraction, source, batch_size=batch_size, progress=progress)
-    probabilities, predicted = score_features(features, frames, model)
-    table = make_predictions(frames, probabilities, predicted, None, *apply_posthoc(model, frames, probabilities, coverage))
+    table = model.predictions(features, frames, coverage)
     seconds = time.perf_counter() - began
     # videos and regions by the scorer's calibrated probabilities, where it has them
     videos = add_distribution(video_scores(table, scorer, rule, calibrated=True), features, frames, model)
@@ -219,16 +212,17 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
 
 def uncertainty_record(model, scorer: str, coverage: float | None) -> dict:
     """What the probabilities and sets of ``predictions.json`` are, in words a reader can check."""
-    posthoc = model.posthoc.get(scorer)
-    if posthoc is None:
+    fitted = model.models[scorer]
+    if not fitted.calibrated:
         return {"calibrated": False, "score_sets": False,
                 "note": f"{model.folder} has no calibration for {scorer} (fitted before lusfeat had it): probabilities "
                         "are the model's own, and there are no score sets; refit with lusfeat.fit"}
-    chosen = posthoc.conformal.coverage if coverage is None else coverage
-    return {"calibrated": True, "temperature": posthoc.calibrator.temperature_, "link": posthoc.calibrator.link,
-            "score_sets": True, "coverage": chosen, "method": posthoc.conformal.method,
-            "calibration_videos": posthoc.conformal.n_calibration_,
-            "note": (f"probabilities are calibrated (temperature {posthoc.calibrator.temperature_:.2f}); each video's "
+    calibrator, conformal = fitted.calibrator_, fitted.conformal_
+    chosen = conformal.coverage if coverage is None else coverage
+    return {"calibrated": True, "temperature": calibrator.temperature_, "link": calibrator.link,
+            "score_sets": True, "coverage": chosen, "method": conformal.method,
+            "calibration_videos": conformal.n_calibration_,
+            "note": (f"probabilities are calibrated (temperature {calibrator.temperature_:.2f}); each video's "
                      f"score_set holds its true score for about {chosen:.0%} of videos of new patients drawn like the "
                      "training ones (conformal prediction, calibrated on training patients only). It is a promise "
                      "on average over videos, not for each one; a region's set spans its videos' sets.")}
@@ -290,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         "those the model was trained with (default: %(default)s)")
     parser.add_argument("--frame-step", type=int, default=None, help="every K-th frame (default: the model's)")
     parser.add_argument("--input-size", type=int, default=None, help="pixels (default and only accepted value: the model's)")
-    parser.add_argument("--scorer", choices=tuple(MODEL_FILES), default=None,
+    parser.add_argument("--scorer", choices=tuple(MODELS), default=None,
                         help="the model whose scores make videos/regions/patients.csv (default: the folder's primary "
                         "model, video for lusfeat.fit's default preset, head for --preset paper)")
     parser.add_argument("--rule", choices=RULES, default="mode", help="region score: most frequent frame score "

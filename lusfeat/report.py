@@ -35,11 +35,12 @@ from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.index import video_keys
+from lusfeat.models.registry import PRESETS, FitParams
 from lusfeat.predictions import Predictions
-from lusfeat.runs import evaluate_model
+from lusfeat.records import evaluate_model
 from lusfeat.scores import CLASSES, UNLABELLED
 
-KNOWN_PREFIXES = ("video", "head", "logreg")  # the default preset's primary model first
+KNOWN_PREFIXES = PRESETS[FitParams.preset]  # the default preset's models, its primary model first
 FOLD_DIR = re.compile(r"^fold(\d+)$")
 
 

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from lusfeat.fit import main
+from lusfeat.index import FrameIndex
 from lusfeat.predictions import FRAME_COLUMNS, ModelPredictions, Predictions
-from lusfeat.runs import compare_models, load_saved_model, score_features
+from lusfeat.records import compare_models
+from lusfeat.runfolder import load_saved_model
 from lusfeat.store import load_features
 
 PAPER_COLUMNS = [
@@ -115,9 +117,10 @@ def test_saved_models_reproduce_the_predictions(full_run: Path, synthetic_featur
     # predictions.csv keeps the feature file's frame order
     assert list(features.frames.loc[is_test, "path"]) == list(predictions["path"])
     saved = load_saved_model(folder)
-    probabilities, _ = score_features(features.features[0, is_test], features.frames[is_test], saved)
+    again = saved.predictions(features.features[0, is_test], features.frames[is_test])
     for name in ("head", "logreg", "video"):  # the loaded estimator is the fitted one: the same numbers, to the bit
-        np.testing.assert_array_equal(probabilities[name], predictions[[f"{name}_p{k}" for k in range(4)]])
+        np.testing.assert_array_equal(again[name].probabilities, predictions[[f"{name}_p{k}" for k in range(4)]])
+        np.testing.assert_array_equal(again[name].calibrated, predictions[[f"{name}_cal_p{k}" for k in range(4)]])
 
 
 def test_same_seed_same_metrics(full_run: Path, synthetic_features: Path, tmp_path: Path):
@@ -156,7 +159,7 @@ def test_warning_when_head_trails_the_regression():
     predictions = Predictions(frames, {"head": ModelPredictions(np.eye(4), np.array([0, 1, 2, 3])),
                                        "logreg": ModelPredictions(np.eye(4), np.array([0, 1, 2, 2]))})
     kappa, warnings = compare_models({"head": {"accuracy": 0.30}, "logreg": {"accuracy": 0.36}}, predictions)
-    assert len(warnings) == 1 and "below the logistic regression" in warnings[0]
+    assert len(warnings) == 1 and "below its cross-check logreg's" in warnings[0]
     assert 0 < kappa < 1
     assert compare_models({"head": {"accuracy": 0.32}, "logreg": {"accuracy": 0.36}}, predictions)[1] == []
 
@@ -179,9 +182,9 @@ def test_video_model_scores_whole_videos_with_its_C_chosen_inside_the_training_p
         model = load_saved_model(folder).models["video"]
         is_test = features.frames["patient_id"].isin(set(predictions["patient_id"])).to_numpy()
         frames = features.frames[is_test]
-        keys = (frames["patient_id"].astype(str) + "/" + frames["video_id"].astype(str)).to_numpy()
-        np.testing.assert_array_equal(model.predict(features.features[0, is_test], keys), predictions["video_pred"])
-        assert model.C_ == video["C"]
+        index = FrameIndex.of(frames)
+        np.testing.assert_array_equal(model.predict(features.features[0, is_test], index=index), predictions["video_pred"])
+        assert model.estimator_.C_ == video["C"]
 
 
 def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path, synthetic_features: Path,
@@ -239,7 +242,7 @@ def test_calibration_and_sets_are_learned_on_training_patients_only(full_run: Pa
             assert calibration["inner_patients"] == metrics["train_patients"]
             assert set(calibration["inner_patients"]).isdisjoint(metrics["test_patients"])
             assert model["calibration"][name]["temperature"] == calibration["temperature"]
-            assert len(model["conformal"][name]["scores"]) == model["conformal"][name]["n_calibration"]
+            assert model["conformal"][name]["threshold"] == metrics[name]["sets"]["threshold"]
             # a temperature never changes a score: same QWK before and after
             assert metrics[name]["calibrated"]["qwk"] == metrics[name]["qwk"]
             for key in ("brier", "ece", "ece_bins"):

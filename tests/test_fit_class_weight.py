@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lusfeat.fit import main
-from lusfeat.runs import FitParams
+from lusfeat.models.registry import FitParams
 
 
 def test_default_is_the_papers_unweighted_head() -> None:

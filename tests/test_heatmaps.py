@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lusfeat.heatmaps import grad_cam, spearman_similarity, target_function
+from lusfeat.index import FrameIndex
 from lusfeat.models.ordinal import OrdinalLogisticRegression
 from lusfeat.models.video import VideoPoolingClassifier, pool_videos
 
@@ -26,8 +27,9 @@ def test_the_video_target_is_the_ordinal_models_latent_and_its_gradient_flows_th
     X = rng.normal(size=(2, 40, 6)).astype(np.float32)
     videos = np.repeat([f"v{i}" for i in range(8)], 5)
     y = np.repeat([0, 1, 2, 3, 0, 1, 2, 3], 5)
-    model = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(C=1.0), random_state=0).fit(X, y, videos)
-    target, what = target_function(model, "video")
+    model = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(C=1.0), random_state=0).fit(
+        X, y, index=FrameIndex.of_videos(videos))
+    target, what = target_function(model)
     assert "latent" in what
     frames = X[0, :5]
     expected = model.estimator_.latent(pool_videos(frames, np.zeros(5, int), 1, ("mean", "std", "max"))[0])[0]
@@ -62,7 +64,7 @@ def test_maps_of_a_randomised_backbone_differ_from_the_trained_ones(fold_model, 
     from lusfeat.embed import plan_frames
     from lusfeat.heatmaps import explain_video
     from lusfeat.manifest import read_manifest
-    from lusfeat.runs import load_saved_model
+    from lusfeat.runfolder import load_saved_model
 
     manifest = tmp_path / "one.csv"
     blues_manifest[blues_manifest["video_id"] == "patient_9_L1"].to_csv(manifest, index=False)
@@ -70,14 +72,14 @@ def test_maps_of_a_randomised_backbone_differ_from_the_trained_ones(fold_model, 
     model = load_saved_model(fold_model)
     spec = get_spec("mobilenet")
     trained = build_map_extractor(spec, resolve_weights(spec, str(weights_dir)))
-    maps, _, _ = explain_video(trained, model.models["video"], "video", frames, 224)
-    again, _, _ = explain_video(trained, model.models["video"], "video", frames, 224)
+    maps, _, _ = explain_video(trained, model.models["video"], frames, 224)
+    again, _, _ = explain_video(trained, model.models["video"], frames, 224)
     assert all(spearman_similarity(a.cam, b.cam) == pytest.approx(1.0) for a, b in zip(maps, again, strict=True))
     similarities = []
     for seed in (0, 1, 2):  # three random initialisations (--weights none is seeded by RANDOM_INIT_SEED)
         monkeypatch.setattr(backbones, "RANDOM_INIT_SEED", seed)
         randomised = build_map_extractor(spec, resolve_weights(spec, "none"))
-        random_maps, _, _ = explain_video(randomised, model.models["video"], "video", frames, 224)
+        random_maps, _, _ = explain_video(randomised, model.models["video"], frames, 224)
         similarities += [spearman_similarity(a.cam, b.cam) for a, b in zip(maps, random_maps, strict=True)]
     print(f"Spearman trained vs randomised backbone, per frame: {np.round(similarities, 3).tolist()}")
     assert np.median(np.abs(similarities)) < RANDOMISED_SPEARMAN_MAX

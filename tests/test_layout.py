@@ -42,7 +42,7 @@ def import_graph() -> dict[str, set[str]]:
 def test_the_graph_sees_lazy_and_relative_imports(tmp_path):
     graph = import_graph()
     assert "lusfeat.embed" in graph["lusfeat.extract"]
-    assert "lusfeat.models.video" in graph["lusfeat.runs"]
+    assert "lusfeat.models.video" in graph["lusfeat.models.registry"]
     assert COMMANDS <= set(graph)
 
 

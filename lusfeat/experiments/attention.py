@@ -11,8 +11,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from lusfeat.index import FrameIndex
 from lusfeat.models.base import as_copies, check_scores, standardisation
-from lusfeat.models.video import video_index
 from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights, most_frequent
 
 
@@ -79,14 +79,14 @@ class AttentionVideoClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
 
-    def fit(self, X, y, videos=None) -> AttentionVideoClassifier:
+    def fit(self, X, y, *, index: FrameIndex | None = None) -> AttentionVideoClassifier:
         import keras
 
         X = as_copies(X)
         y = check_scores(y, X.shape[1])
-        if videos is None or len(videos) != X.shape[1]:
-            raise ValueError(f"videos must give one video id per frame ({X.shape[1]})")
-        ids, inverse = video_index(videos)
+        if index is None or len(index) != X.shape[1]:
+            raise ValueError(f"index must say which video each frame belongs to ({X.shape[1]} frames)")
+        ids, inverse = index.videos()
         rows = X.reshape(-1, X.shape[2])
         mean, _, scale = standardisation(rows)
         self.mean_, self.scale_ = mean.astype(np.float32), scale.astype(np.float32)
@@ -109,20 +109,20 @@ class AttentionVideoClassifier(ClassifierMixin, BaseEstimator):
         self.n_videos_ = len(ids)
         return self
 
-    def predict_video_proba(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
+    def predict_video_proba(self, X, *, index: FrameIndex) -> tuple[np.ndarray, np.ndarray]:
         check_is_fitted(self)
         X = as_copies(X)[:1]
         if X.shape[2] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[2]} features, the head was fitted on {self.n_features_in_}")
-        if videos is None or len(videos) != X.shape[1]:
-            raise ValueError(f"videos must give one video id per frame ({X.shape[1]})")
-        ids, inverse = video_index(videos)
+        if index is None or len(index) != X.shape[1]:
+            raise ValueError(f"index must say which video each frame belongs to ({X.shape[1]} frames)")
+        ids, inverse = index.videos()
         frames, mask = padded_videos((X - self.mean_) / self.scale_, inverse, len(ids))
         return ids, np.asarray(self.model_.predict([frames, mask], verbose=0, batch_size=64), dtype=np.float64)
 
-    def predict_proba(self, X, videos=None) -> np.ndarray:
-        _, probabilities = self.predict_video_proba(X, videos)
-        return probabilities[video_index(videos)[1]]
+    def predict_proba(self, X, *, index: FrameIndex | None = None) -> np.ndarray:
+        _, probabilities = self.predict_video_proba(X, index=index)
+        return probabilities[index.videos()[1]]
 
-    def predict(self, X, videos=None) -> np.ndarray:
-        return self.classes_[argmax_high(self.predict_proba(X, videos))]
+    def predict(self, X, *, index: FrameIndex | None = None) -> np.ndarray:
+        return self.classes_[argmax_high(self.predict_proba(X, index=index))]

@@ -18,8 +18,8 @@ tells for a new video how far outside that it is.
   they never showed. Both terms are about 1 for a training video; the distance is the square root
   of their sum.
 - The threshold is calibrated on videos the PCA has not seen, as a new patient's would be: the
-  training patients are split into ``inner_folds`` patient folds (stratified as
-  :func:`lusfeat.folds.patient_strata` does, seeded ``random_state + 2000``), each fold's videos
+  training patients are split into ``inner_folds`` patient folds (the fit's one inner split,
+  :func:`lusfeat.folds.inner_patient_folds`, seeded ``random_state + 1000``), each fold's videos
   are measured against a PCA of the others, and ``threshold_`` is the ``quantile`` of these
   held-out distances. With ``quantile=0.95`` about 5% of new videos like the training ones are
   flagged; ``benchmarks/in_distribution.py`` measures it on COVID-BLUES' held-out folds.
@@ -32,13 +32,13 @@ the quantile of), ``n_components_``, ``n_features_in_`` (frame feature size), ``
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from lusfeat.index import FrameIndex
 from lusfeat.models.base import CONSTANT_SCALE, as_copies
 from lusfeat.models.saving import saved_as_data
-from lusfeat.models.video import pool_videos, video_index
+from lusfeat.models.video import pool_videos
 
 
 class _Subspace:
@@ -81,10 +81,9 @@ def _shrunk(variances: np.ndarray, shrinkage: float) -> np.ndarray:
 class VideoDistribution(BaseEstimator):
     """Distance of videos to the training videos' pooled features, and a threshold for "unlike them".
 
-    See the module docstring. ``fit(X, y=None, videos=..., groups=..., strata=...)`` as
-    :class:`lusfeat.models.video.VideoPoolingClassifier` takes them (``y``: scores, used for
-    the strata of patients without a group); :meth:`video_distances` and
-    :meth:`predict_videos` answer per video, :meth:`predict` per frame (True: in distribution).
+    See the module docstring. ``fit(X, y=None, *, index)`` as every estimator of
+    :mod:`lusfeat.models` (``y``: scores, used for the strata of patients without a group);
+    :meth:`video_distances` answers per video, :meth:`predict` per frame (True: in distribution).
     """
 
     def __init__(self, *, pooling: tuple[str, ...] = ("mean",), n_components: int = 10, shrinkage: float = 0.1,
@@ -96,14 +95,14 @@ class VideoDistribution(BaseEstimator):
         self.inner_folds = inner_folds
         self.random_state = random_state
 
-    def _rows(self, X, videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _rows(self, X, index: FrameIndex | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X = as_copies(X)[:1]
-        if videos is None or len(videos) != X.shape[1]:
-            raise ValueError(f"videos must give one video id per frame ({X.shape[1]})")
-        ids, inverse = video_index(videos)
+        if index is None or len(index) != X.shape[1]:
+            raise ValueError(f"index must say which video each frame belongs to ({X.shape[1]} frames)")
+        ids, inverse = index.videos()
         return ids, inverse, pool_videos(X, inverse, len(ids), tuple(self.pooling))[0]
 
-    def fit(self, X, y=None, videos=None, groups=None, strata=None) -> VideoDistribution:
+    def fit(self, X, y=None, *, index: FrameIndex | None = None) -> VideoDistribution:
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
         if self.n_components < 1:
@@ -111,38 +110,30 @@ class VideoDistribution(BaseEstimator):
         if not 0 <= self.shrinkage <= 1:
             raise ValueError(f"shrinkage must be in [0, 1], got {self.shrinkage}")
         X = as_copies(X)
-        ids, inverse, rows = self._rows(X, videos)
+        ids, inverse, rows = self._rows(X, index)
         if len(ids) < 2:
             raise ValueError("at least two training videos are needed")
         subspace = _Subspace(rows, self.n_components, self.shrinkage)
         self.mean_, self.scale_ = subspace.mean, subspace.scale
         self.components_, self.explained_variance_, self.residual_ = subspace.components, subspace.variance, subspace.residual
         self.n_components_ = len(subspace.variance)
-        self.inner_distances_ = self._held_out_distances(rows, inverse, y, groups, strata)
+        self.inner_distances_ = self._held_out_distances(rows, inverse, y, index)
         self.threshold_ = float(np.quantile(self.inner_distances_, self.quantile))
         self.n_features_in_ = X.shape[2]
         self.n_videos_ = len(ids)
         return self
 
-    def _held_out_distances(self, rows: np.ndarray, inverse: np.ndarray, y, groups, strata) -> np.ndarray:
+    def _held_out_distances(self, rows: np.ndarray, inverse: np.ndarray, y, index: FrameIndex) -> np.ndarray:
         """Each training video's distance to a subspace of the *other* patients' videos (patient folds)."""
-        from lusfeat.folds import make_folds, patient_strata
+        from lusfeat.folds import inner_patient_folds
 
-        if groups is None or len(groups) != len(inverse):
-            raise ValueError(f"groups must give one patient id per frame ({len(inverse)})")
-        frames = pd.DataFrame({"patient_id": np.asarray(groups).astype(str),
-                               "score": np.zeros(len(inverse), int) if y is None else np.asarray(y),
-                               "group": "" if strata is None else np.asarray(strata).astype(str)})
-        patients = frames.groupby(inverse)["patient_id"].agg(lambda values: set(values))
-        if (patients.map(len) > 1).any():
-            raise ValueError("a video id is shared by several patients: give ids unique across patients")
-        video_patient = patients.map(lambda values: next(iter(values))).to_numpy()
-        per_patient = patient_strata(frames)
-        n_inner = min(self.inner_folds, len(per_patient))
+        index.video_patients()  # a video id shared by two patients is an error
+        scores = np.zeros(len(index), int) if y is None else np.asarray(y)
+        frame_fold, n_inner = inner_patient_folds(index, scores, self.inner_folds, self.random_state)
         if n_inner < 2:
             raise ValueError("at least two training patients are needed to calibrate the threshold")
-        folds = make_folds(per_patient, n_inner, seed=2000 + (self.random_state or 0)).set_index("patient_id")["fold"]
-        video_fold = folds.reindex(video_patient).to_numpy()
+        video_fold = np.zeros(len(rows), dtype=np.int64)
+        video_fold[inverse] = frame_fold
         distances = np.empty(len(rows))
         for fold in range(1, n_inner + 1):
             test = video_fold == fold
@@ -157,21 +148,16 @@ class VideoDistribution(BaseEstimator):
         subspace.variance, subspace.residual = self.explained_variance_, self.residual_
         return subspace
 
-    def video_distances(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
-        """``(video ids, distances)`` of the videos of ``X`` (copy 0), in order of first appearance."""
+    def video_distances(self, X, *, index: FrameIndex) -> tuple[np.ndarray, np.ndarray]:
+        """``(video keys, distances)`` of the videos of ``X`` (copy 0), in order of first appearance."""
         check_is_fitted(self)
         X = as_copies(X)
         if X.shape[2] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[2]} features, the model was fitted on {self.n_features_in_}")
-        ids, _, rows = self._rows(X, videos)
+        ids, _, rows = self._rows(X, index)
         return ids, np.sqrt(self._subspace().squared(rows))
 
-    def predict_videos(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
-        """``(video ids, in distribution)``: True where the distance is at most ``threshold_``."""
-        ids, distances = self.video_distances(X, videos)
-        return ids, distances <= self.threshold_
-
-    def predict(self, X, videos=None) -> np.ndarray:
-        """Per frame, whether its video is in distribution."""
-        _, inside = self.predict_videos(X, videos)
-        return inside[video_index(videos)[1]]
+    def predict(self, X, *, index: FrameIndex | None = None) -> np.ndarray:
+        """Per frame, whether its video is in distribution (its distance at most ``threshold_``)."""
+        _, distances = self.video_distances(X, index=index)
+        return (distances <= self.threshold_)[index.videos()[1]]

@@ -143,7 +143,7 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
 
-    def fit(self, X, y) -> SeverityHead:
+    def fit(self, X, y, *, index=None) -> SeverityHead:
         """Train on ``X`` ``(copies, n, dim)`` (or ``(n, dim)``) and scores ``y`` 0..3."""
         import keras
 
@@ -175,7 +175,7 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = dim
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X, *, index=None) -> np.ndarray:
         """``(n, 4)`` probabilities of scores 0..3; of ``(copies, n, dim)`` input, copy 0 is used."""
         check_is_fitted(self)
         X = evaluation_copy(X)
@@ -185,8 +185,28 @@ class SeverityHead(ClassifierMixin, BaseEstimator):
             return np.empty((0, len(CLASSES)), np.float32)
         return np.asarray(self.model_(X, training=False), dtype=np.float64)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, *, index=None) -> np.ndarray:
         return self.classes_[argmax_high(self.predict_proba(X))]
+
+    def fit_record(self) -> dict:
+        """What ``metrics.json`` says of this fit: the loss and accuracy per epoch."""
+        return {"history": self.history_}
+
+    def gradcam_target(self):
+        """``(f, what)`` for :mod:`lusfeat.heatmaps`: ``f`` maps frame features (a TF tensor ``(n, dim)``) to the sum
+        over frames of the logit (before softmax) of each frame's own predicted score."""
+        import tensorflow as tf
+
+        layer = self.model_.get_layer("severity")
+        kernel = tf.constant(np.asarray(layer.kernel), tf.float32)
+        bias = tf.constant(np.asarray(layer.bias), tf.float32)
+
+        def head_logit(features):
+            logits = features @ kernel + bias
+            chosen = tf.stop_gradient(len(CLASSES) - 1 - tf.argmax(tf.reverse(logits, axis=[1]), axis=1))
+            return tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+
+        return head_logit, "frame logit of the head's predicted score"
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         kernel, bias = self.model_.get_layer("severity").get_weights()

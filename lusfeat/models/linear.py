@@ -36,7 +36,7 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y) -> StandardisedLogisticRegression:
+    def fit(self, X, y, *, index=None) -> StandardisedLogisticRegression:
         X = as_copies(X)
         copies, n, dim = X.shape
         if n == 0:
@@ -59,7 +59,7 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.converged_ = self.n_iter_ < self.max_iter
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X, *, index=None) -> np.ndarray:
         check_is_fitted(self)
         X = evaluation_copy(X)
         if X.shape[1] != self.n_features_in_:
@@ -75,13 +75,35 @@ class StandardisedLogisticRegression(ClassifierMixin, BaseEstimator):
             probabilities[:, np.searchsorted(CLASSES, self.fitted_classes_)] = present
         return probabilities
 
+    def fit_record(self) -> dict:
+        """What ``metrics.json`` says of this fit: L-BFGS iterations, and whether it converged before ``max_iter``."""
+        return {"n_iter": self.n_iter_, "converged": self.converged_}
+
+    def gradcam_target(self):
+        """``(f, what)`` for :mod:`lusfeat.heatmaps`: ``f`` maps frame features (a TF tensor ``(n, dim)``) to the sum
+        over frames of the logit of each frame's own predicted score (a multinomial fit: 3 or more scores)."""
+        import tensorflow as tf
+
+        if self.coef_.shape[0] != len(self.fitted_classes_):
+            raise ValueError("heat maps of the regression need a multinomial fit over 3 or more scores")
+        weights = tf.constant((self.coef_ / self.scale_).T, tf.float32)
+        offset = tf.constant(self.intercept_ - (self.coef_ / self.scale_) @ self.mean_, tf.float32)
+
+        def logreg_logit(features):
+            logits = features @ weights + offset
+            chosen = tf.stop_gradient(tf.shape(logits)[1] - 1 - tf.argmax(tf.reverse(logits, axis=[1]), axis=1,
+                                                                           output_type=tf.int32))
+            return tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+
+        return logreg_logit, "frame logit of the regression's predicted score"
+
     def decision_function(self, X) -> np.ndarray:
         """The logits of copy 0 of ``X``: one column per score present in training (one column for two scores)."""
         check_is_fitted(self)
         X = evaluation_copy(X)
         return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, *, index=None) -> np.ndarray:
         return self.classes_[argmax_high(self.predict_proba(X))]
 
 

@@ -73,7 +73,7 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state  # deterministic fit; kept for a uniform interface
 
-    def fit(self, X, y) -> OrdinalLogisticRegression:
+    def fit(self, X, y, *, index=None) -> OrdinalLogisticRegression:
         if self.C <= 0:
             raise ValueError(f"C must be > 0, got {self.C}")
         if self.class_weight not in (None, "balanced"):
@@ -143,8 +143,8 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
         return ((X - self.mean_) / self.scale_) @ self.coef_
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X, *, index=None) -> np.ndarray:
         return class_probabilities(self.latent(X), self.thresholds_)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, *, index=None) -> np.ndarray:
         return self.classes_[decide(self.predict_proba(X), self.decision)]

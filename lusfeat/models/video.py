@@ -7,8 +7,8 @@ frames' features (``pooling``: any of ``mean``, ``std``, ``max``, concatenated),
 scikit-learn style classifier over scores 0..3 (default: :class:`lusfeat.models.linear.StandardisedLogisticRegression`)
 is trained on those rows.
 
-Features are cached copies ``(copies, n, dim)`` (or ``(n, dim)``), one row per frame, with a
-video id per frame. Copy ``c`` of a video pools copy ``c`` of its frames, so the augmented copies
+Features are cached copies ``(copies, n, dim)`` (or ``(n, dim)``), one row per frame, with
+an ``index`` (:class:`lusfeat.index.FrameIndex`) saying each frame's video, patient and stratum. Copy ``c`` of a video pools copy ``c`` of its frames, so the augmented copies
 give augmented videos, and the estimator sees them as extra training rows. A video's score is
 the most frequent score of its frames (ties to the higher). :meth:`predict_proba` answers one
 row per *frame* (its video's probabilities), so the frame, video, region and patient metrics of
@@ -22,18 +22,13 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from lusfeat.index import FrameIndex
 from lusfeat.models.base import as_copies, check_scores
 from lusfeat.models.linear import StandardisedLogisticRegression
 from lusfeat.models.saving import saved_as_data
 from lusfeat.scores import CLASSES, most_frequent
 
 POOLINGS = ("mean", "std", "max")
-
-
-def video_index(videos) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, inverse)``: the distinct video ids in order of first appearance, and each frame's position in them."""
-    codes, ids = pd.factorize(pd.Series(np.asarray(videos)).astype(str), sort=False)
-    return np.asarray(ids, dtype=object), codes.astype(np.int64)
 
 
 def pool_videos(X, inverse: np.ndarray, n_videos: int, pooling: tuple[str, ...]) -> np.ndarray:
@@ -69,9 +64,9 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
     """Pool frame features per video, classify videos; answer per frame (see the module docstring).
 
     ``Cs``: when given, the estimator's ``C`` is chosen from these values by an inner
-    patient-level split of the *training* videos only (``inner_folds`` folds of the patients
-    named by ``groups``, stratified by ``strata`` as :func:`lusfeat.folds.patient_strata` does,
-    seeded ``random_state + 1000``; fewer folds when there are fewer training patients), for the
+    patient-level split of the *training* videos only (:func:`lusfeat.folds.inner_patient_folds`:
+    ``inner_folds`` folds of the index's patients, stratified, seeded ``random_state + 1000``;
+    fewer folds when there are fewer training patients), for the
     best video-level quadratic weighted kappa; a tie goes to the smaller C (the stronger
     penalty). The test patients are never seen by the choice.
 
@@ -89,24 +84,24 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
         self.inner_folds = inner_folds
         self.random_state = random_state
 
-    def _pooled(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
+    def _pooled(self, X, index: FrameIndex | None) -> tuple[np.ndarray, np.ndarray]:
         X = as_copies(X)
-        if videos is None or len(videos) != X.shape[1]:
-            raise ValueError(f"videos must give one video id per frame ({X.shape[1]})")
-        ids, inverse = video_index(videos)
+        if index is None or len(index) != X.shape[1]:
+            raise ValueError(f"index must say which video each frame belongs to ({X.shape[1]} frames)")
+        ids, inverse = index.videos()
         return pool_videos(X, inverse, len(ids), tuple(self.pooling)), inverse
 
-    def fit(self, X, y, videos=None, groups=None, strata=None) -> VideoPoolingClassifier:
-        """Fit on frames ``X`` with scores ``y``; ``videos`` per frame, and with ``Cs`` also ``groups`` (patients)."""
+    def fit(self, X, y, *, index: FrameIndex | None = None) -> VideoPoolingClassifier:
+        """Fit on frames ``X`` with scores ``y``; ``index``: each frame's video, and (to choose C) patient and stratum."""
         X = as_copies(X)
         y = check_scores(y, X.shape[1])
-        pooled, inverse = self._pooled(X, videos)
+        pooled, inverse = self._pooled(X, index)
         video_scores = pd.Series(y).groupby(inverse).agg(most_frequent).to_numpy().astype(np.int32)
         estimator = clone(self.estimator) if self.estimator is not None else StandardisedLogisticRegression()
         if self.random_state is not None and "random_state" in estimator.get_params():
             estimator.set_params(random_state=self.random_state)
         if self.Cs:
-            self.C_, self.inner_qwk_ = self._choose_C(estimator, pooled, video_scores, inverse, y, groups, strata)
+            self.C_, self.inner_qwk_ = self._choose_C(estimator, pooled, video_scores, inverse, y, index)
             estimator.set_params(C=self.C_)
         self.estimator_ = estimator.fit(pooled, video_scores)
         self.classes_ = CLASSES.copy()
@@ -114,29 +109,27 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
         self.n_videos_ = pooled.shape[1]
         return self
 
+    def fixed_clone(self) -> VideoPoolingClassifier:
+        """An unfitted copy at the C this fit chose (no new choice): what an inner refit of it trains."""
+        copy = clone(self)
+        if getattr(self, "C_", None) is not None:
+            copy.set_params(Cs=None, estimator=clone(self.estimator_).set_params(C=self.C_))
+        return copy
+
     def _choose_C(self, estimator, pooled: np.ndarray, video_scores: np.ndarray, inverse: np.ndarray, y: np.ndarray,
-                  groups, strata) -> tuple[float, dict[str, float]]:
+                  index: FrameIndex) -> tuple[float, dict[str, float]]:
         from sklearn.metrics import cohen_kappa_score
 
-        from lusfeat.folds import make_folds, patient_strata
+        from lusfeat.folds import inner_patient_folds
 
-        if groups is None or len(groups) != len(inverse):
-            raise ValueError(f"choosing C (Cs={self.Cs}) needs groups: one patient id per frame ({len(inverse)})")
         if min(self.Cs) <= 0:
             raise ValueError(f"Cs must be positive, got {self.Cs}")
-        frames = pd.DataFrame({"patient_id": np.asarray(groups).astype(str), "score": y,
-                               "group": "" if strata is None else np.asarray(strata).astype(str)})
-        video_patients = frames.groupby(inverse)["patient_id"].agg(lambda values: set(values))
-        if (video_patients.map(len) > 1).any():
-            raise ValueError("a video id is shared by several patients: give ids unique across patients")
-        video_patient = video_patients.map(lambda values: next(iter(values))).to_numpy()
-        strata_per_patient = patient_strata(frames)
-        n_inner = min(self.inner_folds, len(strata_per_patient))
+        index.video_patients()  # a video id shared by two patients is an error
+        frame_fold, n_inner = inner_patient_folds(index, y, self.inner_folds, self.random_state)
         if n_inner < 2:  # one training patient: nothing to hold out, keep the estimator's own C
             return float(estimator.get_params()["C"]), {}
-        seed = 1000 + (self.random_state or 0)
-        folds = make_folds(strata_per_patient, n_inner, seed=seed).set_index("patient_id")["fold"]
-        video_fold = folds.reindex(video_patient).to_numpy()
+        video_fold = np.zeros(pooled.shape[1], dtype=np.int64)
+        video_fold[inverse] = frame_fold
         scores = {}
         for C in self.Cs:
             predicted = np.zeros(len(video_scores), dtype=np.int64)
@@ -148,32 +141,65 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
         best = max(self.Cs, key=lambda C: (scores[str(C)], -C))
         return float(best), scores
 
-    def _video_rows(self, X, videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _video_rows(self, X, index: FrameIndex | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         check_is_fitted(self)
         X = as_copies(X)
         if X.shape[2] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[2]} features, the head was fitted on {self.n_features_in_}")
-        if videos is None or len(videos) != X.shape[1]:
-            raise ValueError(f"videos must give one video id per frame ({X.shape[1]})")
-        ids, inverse = video_index(videos)
+        if index is None or len(index) != X.shape[1]:
+            raise ValueError(f"index must say which video each frame belongs to ({X.shape[1]} frames)")
+        ids, inverse = index.videos()
         return ids, inverse, pool_videos(X[:1], inverse, len(ids), tuple(self.pooling))
 
-    def predict_video_proba(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
-        """``(video ids, (n_videos, 4) probabilities)`` for the videos of ``X`` (copy 0)."""
-        ids, _, pooled = self._video_rows(X, videos)
+    def predict_video_proba(self, X, *, index: FrameIndex) -> tuple[np.ndarray, np.ndarray]:
+        """``(video keys, (n_videos, 4) probabilities)`` for the videos of ``X`` (copy 0)."""
+        ids, _, pooled = self._video_rows(X, index)
         return ids, np.asarray(self.estimator_.predict_proba(pooled), dtype=np.float64)
 
-    def predict_video(self, X, videos) -> tuple[np.ndarray, np.ndarray]:
-        """``(video ids, scores)``: each video's score by the estimator's own rule (its ``predict``)."""
-        ids, _, pooled = self._video_rows(X, videos)
-        return ids, np.asarray(self.estimator_.predict(pooled)).astype(np.int64)
-
-    def predict_proba(self, X, videos=None) -> np.ndarray:
+    def predict_proba(self, X, *, index: FrameIndex | None = None) -> np.ndarray:
         """``(n_frames, 4)``: each frame gets its video's probabilities."""
-        _, probabilities = self.predict_video_proba(X, videos)
-        return probabilities[video_index(videos)[1]]
+        _, inverse, pooled = self._video_rows(X, index)
+        return np.asarray(self.estimator_.predict_proba(pooled), dtype=np.float64)[inverse]
 
-    def predict(self, X, videos=None) -> np.ndarray:
+    def predict(self, X, *, index: FrameIndex | None = None) -> np.ndarray:
         """Per frame, its video's score (the estimator's ``predict``: the median rule for ordinal regression)."""
-        _, scores = self.predict_video(X, videos)
-        return scores[video_index(videos)[1]]
+        _, inverse, pooled = self._video_rows(X, index)
+        return np.asarray(self.estimator_.predict(pooled)).astype(np.int64)[inverse]
+
+    def fit_record(self) -> dict:
+        """What ``metrics.json`` says of this fit: the chosen C, the inner video QWK per candidate, training videos."""
+        record = {"C": getattr(self, "C_", None), "inner_video_qwk": getattr(self, "inner_qwk_", None),
+                  "train_videos": self.n_videos_}
+        if hasattr(self.estimator_, "converged_"):
+            record["converged"] = bool(self.estimator_.converged_)
+        return record
+
+    def gradcam_target(self):
+        """``(f, what)`` for :mod:`lusfeat.heatmaps`: ``f`` maps one video's frame features (a TF tensor ``(n, dim)``)
+        to its latent severity ``w . z`` of the ordinal model (larger: a higher score), through the pooling."""
+        import tensorflow as tf
+
+        estimator = getattr(self, "estimator_", None)
+        if not hasattr(estimator, "coef_") or not hasattr(estimator, "thresholds_"):
+            raise ValueError("heat maps of the video model need its ordinal estimator (lusfeat.fit's default); "
+                             f"this one is {type(estimator).__name__}")
+        pooling = tuple(self.pooling)
+        mean = tf.constant(estimator.mean_, tf.float32)
+        scale = tf.constant(estimator.scale_, tf.float32)
+        coef = tf.constant(estimator.coef_, tf.float32)
+
+        def video_latent(features):
+            parts = []
+            average = tf.reduce_mean(features, axis=0)
+            for statistic in pooling:
+                if statistic == "mean":
+                    parts.append(average)
+                elif statistic == "std":
+                    variance = tf.reduce_mean(features ** 2, axis=0) - average ** 2
+                    parts.append(tf.sqrt(tf.maximum(variance, 1e-12)))
+                else:
+                    parts.append(tf.reduce_max(features, axis=0))
+            pooled = tf.concat(parts, axis=0)
+            return tf.reduce_sum((pooled - mean) / scale * coef)
+
+        return video_latent, "video latent severity (ordinal w.z; higher = more severe)"

@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 
 from lusfeat.experiments.attention import AttentionVideoClassifier, padded_videos
+from lusfeat.index import FrameIndex
+
+
+def at(videos) -> FrameIndex:
+    return FrameIndex.of_videos(videos)
 
 pytestmark = pytest.mark.experiments
 
@@ -37,23 +42,23 @@ def test_attention_pooling_learns_videos_ignores_padding_and_is_seeded() -> None
     # A small network and few epochs (two fits of a few seconds), enough to learn videos this clear.
     params = dict(hidden=16, attention=8, epochs=6, batch_size=8, learning_rate=1e-2, random_state=0)
     X, y, videos = synthetic_videos(n_videos=40, frames=5, seed=0)
-    model = AttentionVideoClassifier(**params).fit(X, y, videos=videos)
+    model = AttentionVideoClassifier(**params).fit(X, y, index=at(videos))
     assert model.n_videos_ == 40 and len(model.history_["loss"]) == 6
     assert model.history_["loss"][-1] < 0.85 * model.history_["loss"][0]
     X_test, y_test, videos_test = synthetic_videos(n_videos=40, frames=5, seed=1)
-    probabilities = model.predict_proba(X_test, videos_test)
+    probabilities = model.predict_proba(X_test, index=at(videos_test))
     assert probabilities.shape == (len(y_test), 4) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     first = probabilities[videos_test == "v0"]
     assert np.allclose(first, first[0])
-    assert (model.predict(X_test, videos_test) == y_test).mean() > 0.5  # chance is 0.25
+    assert (model.predict(X_test, index=at(videos_test)) == y_test).mean() > 0.5  # chance is 0.25
     # Padding gets no weight: a short video scored alone (no padding) is scored as among longer ones;
     # attention pools a set: the frames' order does not matter.
     lengths = {video: (videos_test == video).sum() for video in set(videos_test)}
     short = min(lengths, key=lambda video: (lengths[video], video))
     assert lengths[short] < max(lengths.values())
-    alone = model.predict_proba(X_test[videos_test == short], videos_test[videos_test == short])
+    alone = model.predict_proba(X_test[videos_test == short], index=at(videos_test[videos_test == short]))
     np.testing.assert_allclose(alone, probabilities[videos_test == short], atol=1e-5)
     order = np.random.default_rng(2).permutation(len(y_test))
-    np.testing.assert_allclose(model.predict_proba(X_test[order], videos_test[order]), probabilities[order], atol=1e-5)
-    again = AttentionVideoClassifier(**params).fit(X, y, videos=videos)
-    np.testing.assert_array_equal(again.predict_proba(X_test, videos_test), probabilities)
+    np.testing.assert_allclose(model.predict_proba(X_test[order], index=at(videos_test[order])), probabilities[order], atol=1e-5)
+    again = AttentionVideoClassifier(**params).fit(X, y, index=at(videos))
+    np.testing.assert_array_equal(again.predict_proba(X_test, index=at(videos_test)), probabilities)

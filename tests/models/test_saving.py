@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lusfeat.errors import LusfeatError
+from lusfeat.index import FrameIndex
 from lusfeat.models.calibration import TemperatureScaling
 from lusfeat.models.conformal import ConformalScoreSets
 from lusfeat.models.distribution import VideoDistribution
@@ -54,20 +55,21 @@ def test_frame_models_load_to_identical_probabilities(make, tmp_path: Path):
 def test_video_model_loads_with_its_estimator_and_chosen_C(estimator, tmp_path: Path):
     X, y, videos, patients = data(1)
     inner = OrdinalLogisticRegression(class_weight="balanced") if estimator == "ordinal" else StandardisedLogisticRegression()
-    fitted = VideoPoolingClassifier(estimator=inner, Cs=(0.01, 0.1), random_state=0).fit(X, y, videos=videos,
-                                                                                          groups=patients)
+    index = FrameIndex.of_videos(videos, patients)
+    fitted = VideoPoolingClassifier(estimator=inner, Cs=(0.01, 0.1), random_state=0).fit(X, y, index=index)
     loaded = round_trip(fitted, tmp_path)
     assert loaded.C_ == fitted.C_ and loaded.inner_qwk_ == fitted.inner_qwk_
     assert type(loaded.estimator_) is type(fitted.estimator_) and loaded.estimator_.C == fitted.C_
-    np.testing.assert_array_equal(loaded.predict_proba(X, videos), fitted.predict_proba(X, videos))
-    np.testing.assert_array_equal(loaded.predict(X, videos), fitted.predict(X, videos))
+    np.testing.assert_array_equal(loaded.predict_proba(X, index=index), fitted.predict_proba(X, index=index))
+    np.testing.assert_array_equal(loaded.predict(X, index=index), fitted.predict(X, index=index))
 
 
 def test_distribution_calibration_and_sets_load_to_identical_answers(tmp_path: Path):
     X, y, videos, patients = data(2)
-    fitted = VideoDistribution(n_components=3).fit(X, y, videos=videos, groups=patients)
+    index = FrameIndex.of_videos(videos, patients)
+    fitted = VideoDistribution(n_components=3).fit(X, y, index=index)
     loaded = round_trip(fitted, tmp_path / "d")
-    np.testing.assert_array_equal(loaded.video_distances(X, videos)[1], fitted.video_distances(X, videos)[1])
+    np.testing.assert_array_equal(loaded.video_distances(X, index=index)[1], fitted.video_distances(X, index=index)[1])
     assert loaded.threshold_ == fitted.threshold_
     P = np.random.default_rng(3).dirichlet(np.ones(4), 40)
     truth = np.random.default_rng(4).integers(0, 4, 40)

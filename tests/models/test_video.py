@@ -5,14 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lusfeat.index import FrameIndex, first_appearance
 from lusfeat.models.linear import StandardisedLogisticRegression
 from lusfeat.models.ordinal import OrdinalLogisticRegression
-from lusfeat.models.video import VideoPoolingClassifier, pool_videos, video_index
+from lusfeat.models.video import VideoPoolingClassifier, pool_videos
+
+
+def at(videos, patients=None) -> FrameIndex:
+    return FrameIndex.of_videos(videos, patients)
 
 
 def test_pool_videos_computes_mean_std_max_per_copy_and_video() -> None:
     X = np.array([[[1.0], [3.0], [10.0]], [[2.0], [4.0], [20.0]]])  # 2 copies, 3 frames, 1 dim
-    ids, inverse = video_index(["b", "b", "a"])
+    ids, inverse = first_appearance(["b", "b", "a"])
     assert list(ids) == ["b", "a"] and list(inverse) == [0, 0, 1]
     pooled = pool_videos(X, inverse, 2, ("mean", "std", "max"))
     assert pooled.shape == (2, 2, 3)
@@ -33,15 +38,15 @@ def synthetic_videos(n_videos: int = 80, frames: int = 10, seed: int = 0):
 @pytest.mark.parametrize("estimator", [StandardisedLogisticRegression(C=1.0), OrdinalLogisticRegression(C=1.0)])
 def test_learns_from_video_statistics_and_answers_per_frame(estimator) -> None:
     X, y, videos = synthetic_videos()
-    model = VideoPoolingClassifier(estimator=estimator, pooling=("mean",), random_state=0).fit(X, y, videos=videos)
+    model = VideoPoolingClassifier(estimator=estimator, pooling=("mean",), random_state=0).fit(X, y, index=at(videos))
     assert model.n_videos_ == 80
     X_test, y_test, videos_test = synthetic_videos(seed=1)
-    probabilities = model.predict_proba(X_test, videos_test)
+    probabilities = model.predict_proba(X_test, index=at(videos_test))
     assert probabilities.shape == (len(X_test), 4) and np.allclose(probabilities.sum(axis=1), 1.0)
     # All frames of a video share its answer.
     first = probabilities[videos_test == "v0"]
     assert np.allclose(first, first[0])
-    video_accuracy = (model.predict(X_test, videos_test) == y_test).mean()
+    video_accuracy = (model.predict(X_test, index=at(videos_test)) == y_test).mean()
     frame_accuracy = (StandardisedLogisticRegression(C=1.0).fit(X, y).predict(X_test) == y_test).mean()
     assert video_accuracy > frame_accuracy + 0.2
 
@@ -49,12 +54,12 @@ def test_learns_from_video_statistics_and_answers_per_frame(estimator) -> None:
 def test_copies_give_extra_training_videos_and_videos_are_required() -> None:
     X, y, videos = synthetic_videos(n_videos=20)
     copies = np.stack([X, X * 1.01])
-    model = VideoPoolingClassifier(estimator=StandardisedLogisticRegression()).fit(copies, y, videos=videos)
+    model = VideoPoolingClassifier(estimator=StandardisedLogisticRegression()).fit(copies, y, index=at(videos))
     assert model.estimator_.n_features_in_ == 3 * X.shape[1]
-    with pytest.raises(ValueError, match="video id per frame"):
+    with pytest.raises(ValueError, match="which video each frame belongs to"):
         VideoPoolingClassifier().fit(X, y)
-    with pytest.raises(ValueError, match="video id per frame"):
-        model.predict_proba(X, videos[:-1])
+    with pytest.raises(ValueError, match="which video each frame belongs to"):
+        model.predict_proba(X, index=at(videos[:-1]))
 
 
 def test_C_is_chosen_by_inner_patient_folds_of_the_training_videos() -> None:
@@ -62,23 +67,21 @@ def test_C_is_chosen_by_inner_patient_folds_of_the_training_videos() -> None:
     patients = np.repeat([f"p{i // 3}" for i in range(60)], 10)  # 20 patients of 3 videos each
     Cs = (1e-6, 0.01, 1.0)
     model = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(), pooling=("mean",), Cs=Cs,
-                                   random_state=0).fit(X, y, videos=videos, groups=patients)
+                                   random_state=0).fit(X, y, index=at(videos, patients))
     assert set(model.inner_qwk_) == {str(c) for c in Cs}
     assert model.C_ == max(Cs, key=lambda c: (model.inner_qwk_[str(c)], -c))
     assert model.estimator_.C == model.C_
     # so strong a penalty learns nothing, and the inner split says so
     assert model.inner_qwk_["1e-06"] < model.inner_qwk_["1.0"] and model.C_ != 1e-6
     again = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(), pooling=("mean",), Cs=Cs,
-                                   random_state=0).fit(X, y, videos=videos, groups=patients)
+                                   random_state=0).fit(X, y, index=at(videos, patients))
     assert again.inner_qwk_ == model.inner_qwk_  # reproducible from the seed
 
 
-def test_choosing_C_needs_patients_and_falls_back_with_one_patient() -> None:
+def test_choosing_C_refuses_a_video_of_two_patients_and_falls_back_with_one_patient() -> None:
     X, y, videos = synthetic_videos(n_videos=12)
     model = VideoPoolingClassifier(estimator=OrdinalLogisticRegression(C=0.5), Cs=(0.01, 0.1))
-    with pytest.raises(ValueError, match="needs groups"):
-        model.fit(X, y, videos=videos)
     with pytest.raises(ValueError, match="shared by several patients"):
-        model.fit(X, y, videos=np.repeat("same", len(y)), groups=np.tile(["a", "b"], len(y) // 2))
-    single = model.fit(X, y, videos=videos, groups=np.repeat("only", len(y)))
+        model.fit(X, y, index=at(np.repeat("same", len(y)), np.tile(["a", "b"], len(y) // 2)))
+    single = model.fit(X, y, index=at(videos, np.repeat("only", len(y))))
     assert single.C_ == 0.5 and single.inner_qwk_ == {}

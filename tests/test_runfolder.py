@@ -1,4 +1,4 @@
-"""The model folder is data, not code: what lusfeat.runs refuses to load, and says to do instead."""
+"""The model folder is data, not code: what lusfeat.runfolder refuses to load, and says to do instead."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lusfeat.errors import LusfeatError
-from lusfeat.runs import load_saved_model
+from lusfeat.runfolder import load_saved_model
 
 
 class WritesAFile:

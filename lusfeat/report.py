@@ -19,121 +19,29 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import math
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from lusfeat.aggregate import RULES, Aggregate, aggregate, natural_sorted
+from lusfeat.aggregate import RULES, natural_sorted
 from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.index import video_keys
-from lusfeat.models.registry import PRESETS, FitParams
-from lusfeat.predictions import Predictions
 from lusfeat.records import evaluate_model
+from lusfeat.runfolder import Run, Section, load_run, read_json
 from lusfeat.scores import CLASSES, UNLABELLED
-
-KNOWN_PREFIXES = PRESETS[FitParams.preset]  # the default preset's models, its primary model first
-FOLD_DIR = re.compile(r"^fold(\d+)$")
-
-
-# --------------------------------------------------------------------------- reading the run
-
-
-@dataclass
-class Section:
-    """One backbone on one test set: a fold, or all folds pooled."""
-
-    backbone: str
-    name: str  # "fold 1", "pooled"
-    predictions: Predictions
-    metrics: dict | None
-    model: dict | None
-    note: str = ""
-    aggregates: list[Aggregate] = field(default_factory=list)
-
-    @property
-    def anchor(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", f"{self.backbone}-{self.name}".lower())
-
-    @property
-    def prefixes(self) -> list[str]:
-        return [agg.model for agg in self.aggregates]
-
-
-@dataclass
-class Run:
-    path: Path
-    folds: pd.DataFrame | None
-    sections: dict[str, list[Section]]  # backbone -> folds then pooled
-
-
-def model_prefixes(predictions: Predictions) -> list[str]:
-    """The models of a predictions table: video, head and logreg first."""
-    found = predictions.names
-    return [p for p in KNOWN_PREFIXES if p in found] + [p for p in found if p not in KNOWN_PREFIXES]
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise LusfeatError(f"{path}: not readable JSON ({error})") from error
-
-
-def _section(backbone: str, name: str, folder: Path, predictions: Predictions, rule: str, note: str = "") -> Section:
-    section = Section(backbone, name, predictions, _read_json(folder / "metrics.json"), _read_json(folder / "model.json"), note)
-    section.aggregates = [aggregate(predictions, prefix, rule) for prefix in model_prefixes(predictions)]
-    return section
-
-
-def load_run(run_dir: str | os.PathLike, rule: str = "mode") -> Run:
-    """Every backbone, fold and pooled test set of a run folder, aggregated by ``rule``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LusfeatError(f"run folder {run_dir} not found; make one with python -m lusfeat.fit")
-    folds_csv = run_dir / "folds.csv"
-    folds = pd.read_csv(folds_csv, dtype={"patient_id": str}) if folds_csv.is_file() else None
-    sections: dict[str, list[Section]] = {}
-    for backbone_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        fold_dirs = sorted((p for p in backbone_dir.iterdir() if FOLD_DIR.match(p.name) and (p / "predictions.csv").is_file()),
-                           key=lambda p: int(FOLD_DIR.match(p.name).group(1)))
-        found = []
-        for fold_dir in fold_dirs:
-            found.append(_section(backbone_dir.name, f"fold {FOLD_DIR.match(fold_dir.name).group(1)}", fold_dir,
-                                  Predictions.read(fold_dir / "predictions.csv"), rule))
-        pooled_dir = backbone_dir / "pooled"
-        if (pooled_dir / "predictions.csv").is_file():
-            found.append(_section(backbone_dir.name, "pooled", pooled_dir, Predictions.read(pooled_dir / "predictions.csv"),
-                                  rule))
-        elif len(found) > 1:
-            pooled = Predictions.concat([s.predictions for s in found])
-            frames = pooled.frames
-            if frames.groupby("patient_id")["fold"].nunique().max() > 1 if "fold" in frames.columns else False:
-                raise LusfeatError(f"{backbone_dir}: a patient is in the test set of two folds; the folds are not patient-level")
-            found.append(_section(backbone_dir.name, "pooled", pooled_dir, pooled, rule,
-                                  note=f"made by the report from the {len(found)} fold predictions (no pooled/ folder)"))
-        if found:
-            sections[backbone_dir.name] = found
-    if not sections:
-        raise LusfeatError(f"{run_dir}: no <backbone>/fold<k>/predictions.csv found; is it a lusfeat.fit run folder?")
-    return Run(run_dir, folds, sections)
-
 
 # --------------------------------------------------------------------------- numbers
 
 
 def frame_metrics(section: Section, prefix: str) -> dict:
-    """Frame- and video-level numbers of one model: metrics.json's, else ``lusfeat.metrics.evaluate`` on the predictions."""
+    """Frame- and video-level numbers of one model as fit wrote them in metrics.json; computed from the predictions
+    only where there is none (a pooled section the report made from the folds, a run of an older lusfeat)."""
     block = (section.metrics or {}).get(prefix)
     if not isinstance(block, dict) or "accuracy" not in block:
         block = evaluate_model(section.predictions.labelled(), prefix)
@@ -284,7 +192,7 @@ def _uncertainty_html(section: Section) -> str:
 
 
 def _final_html(run: Run, backbone: str) -> str:
-    final = _read_json(run.path / backbone / "final" / "metrics.json")
+    final = read_json(run.path / backbone / "final" / "metrics.json")
     if not final:
         return ('<p class="note">No final model: <code>python -m lusfeat.fit --final</code> trains every model on '
                 "all patients, the model to score new patients with.</p>")

@@ -13,7 +13,8 @@ from conftest import write_synthetic_run
 
 from lusfeat import report
 from lusfeat.manifest import file_sha256
-from lusfeat.report import load_run, main, split_check
+from lusfeat.report import main, split_check
+from lusfeat.runfolder import load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

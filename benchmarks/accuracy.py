@@ -1,6 +1,6 @@
 """Accuracy on real data: the paper-faithful head against candidates, on identical patient-level folds.
 
-    python benchmarks/accuracy.py [--features /work/features] [--backbones xception,vgg16]
+    python -m benchmarks.accuracy [--features /work/features] [--backbones xception,vgg16]
         [--seeds 0,1,2] [--folds 3] [--methods all|NAME,...] [--frame-step K] [--out FILE|DIR]
 
 Reads cached feature files (``FEATURES/<backbone>.h5`` from ``python -m lusfeat.extract``;
@@ -54,12 +54,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, save_json  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
-from lusfeat.scores import CLASSES  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, save_json
+from lusfeat.errors import LusfeatError
+from lusfeat.scores import CLASSES
 
 LUNG_CROP_PREFIX = "lung_crop/"  # FEATURES/lung_crop/<backbone>.h5, from python -m lusfeat.experiments.lung_crop
 NESTED_C = (0.001, 0.01, 0.1)
@@ -397,7 +394,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/accuracy.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", default="features", help="folder of <backbone>.h5 and lus_signal.h5")
     parser.add_argument("--backbones", default="xception", help="comma-separated; the first gets the candidates")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")

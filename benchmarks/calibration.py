@@ -1,7 +1,7 @@
 """Calibration and conformal coverage of ``lusfeat.fit``'s models, pooled over the held-out folds, per seed.
 
     python -m lusfeat.fit --fold all --features /work/features/xception.h5 --seed S --out /tmp/runs13-S   # S = 0, 1, 2
-    python benchmarks/calibration.py --runs /tmp/runs13-0 /tmp/runs13-1 /tmp/runs13-2 [--backbone xception]
+    python -m benchmarks.calibration --runs /tmp/runs13-0 /tmp/runs13-1 /tmp/runs13-2 [--backbone xception]
         [--out benchmarks/results/calibration.json]
 
 Reads each run's ``RUN/<backbone>/pooled/metrics.json`` (every test patient scored by a fold model
@@ -22,10 +22,7 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, publish  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish
 
 MODELS = ("video", "head", "logreg")
 

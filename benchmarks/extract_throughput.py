@@ -1,6 +1,6 @@
 """Stage-one throughput per inference engine: ``lusfeat.extract`` end to end against the bare engine call.
 
-    python benchmarks/extract_throughput.py [--backbone xception,vgg16,mobilenet] [--videos 12]
+    python -m benchmarks.extract_throughput [--backbone xception,vgg16,mobilenet] [--videos 12]
         [--frame-step 10] [--augment-copies 2] [--engines all|ENGINE:PRECISION,...] [--memory-factor 4]
         [--no-bfloat16] [--out FILE|DIR]
 
@@ -47,11 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, publish  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish
+from lusfeat.errors import LusfeatError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,7 +256,7 @@ def engine_list(text: str, no_bfloat16: bool) -> tuple[list[tuple[str, str]], di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/extract_throughput.py",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.extract_throughput",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default=str(REPO / "data_manifest.csv"), help="manifest CSV")
     parser.add_argument("--data-root", default=None, help="folder holding COVID-BLUES/ (default: $LUSFEAT_DATA_ROOT)")

@@ -1,6 +1,6 @@
 """Partial fine-tuning on cached maps against the paper head, on the folds of benchmarks/accuracy.py.
 
-    python benchmarks/finetune.py --maps features/xception-middle.h5 [--pooled features/xception.h5]
+    python -m benchmarks.finetune --maps features/xception-middle.h5 [--pooled features/xception.h5]
         [--seeds 0,1,2] [--folds 3] [--epochs 3] [--lr 0.001] [--block-lr 0.0001] [--class-weight balanced]
         [--copies N] [--probe N] [--out FILE|DIR]
 
@@ -30,13 +30,10 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, publish, save_json  # noqa: E402
-from benchmarks.accuracy import METRIC_LABELS, METRICS, score, summarise, wins_over  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
-from lusfeat.scores import CLASSES, argmax_high  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish, save_json
+from benchmarks.accuracy import METRIC_LABELS, METRICS, score, summarise, wins_over
+from lusfeat.errors import LusfeatError
+from lusfeat.scores import CLASSES, argmax_high
 
 
 def make_model(args: argparse.Namespace, tap: str, seed: int, epochs: int | None = None):
@@ -154,7 +151,7 @@ def render(record: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/finetune.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--maps", default="features/xception-middle.h5", help="tap file (default: %(default)s)")
     parser.add_argument("--pooled", default=None, help="pooled feature file of the same frames for the paper-head "
                         "baseline (default: <backbone>.h5 beside --maps, if present; 'none' to skip)")

@@ -1,6 +1,6 @@
 """The distribution check (``in_distribution`` of lusfeat.predict): how often it flags new lung videos, and non-lung ones.
 
-    python benchmarks/in_distribution.py [--features /work/features/xception.h5] [--seeds 0,1,2] [--folds 3]
+    python -m benchmarks.in_distribution [--features /work/features/xception.h5] [--seeds 0,1,2] [--folds 3]
         [--weights imagenet|FILE|DIR] [--videos-per-kind 4] [--out FILE|DIR]
 
 On a real feature cache (``lusfeat.extract``'s HDF5 file), with the folds ``lusfeat.fit`` makes
@@ -34,11 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, publish  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish
+from lusfeat.errors import LusfeatError
 
 DEFAULT_FEATURES = "/work/features/xception.h5"
 FRAMES_PER_VIDEO = 30
@@ -294,7 +291,7 @@ def render(record: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/in_distribution.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.in_distribution", description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", default=DEFAULT_FEATURES, help="a lusfeat.extract feature file (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="fold seeds, comma-separated (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=3, help="patient folds (default: %(default)s)")

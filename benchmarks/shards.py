@@ -1,6 +1,6 @@
 """Stage one in shards on this machine: processes x threads, Dask, the merge, and an estimate for N machines.
 
-    python benchmarks/shards.py [--backbone mobilenet,xception] [--patients 4] [--frame-step 20]
+    python -m benchmarks.shards [--backbone mobilenet,xception] [--patients 4] [--frame-step 20]
         [--augment-copies 2] [--rounds 1] [--merge-frames 10000] [--no-dask] [--out FILE|DIR]
 
 On the same COVID-BLUES frames (``--patients`` patients, so 2 shards of whole patients), each
@@ -39,11 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, publish, select_patients  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish, select_patients
+from lusfeat.errors import LusfeatError
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"(?P<frames>\d+) frames computed in (?P<seconds>[\d.]+) s")
@@ -160,7 +157,7 @@ def estimate(rate_frames_per_second: float, startup_seconds: float, merge_per_10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/shards.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default=str(REPO / "data_manifest.csv"), help="manifest CSV")
     parser.add_argument("--data-root", default=None, help="folder holding COVID-BLUES/ (default: $LUSFEAT_DATA_ROOT)")
     parser.add_argument("--weights", default=os.environ.get("LUSFEAT_WEIGHTS_DIR", "imagenet"),

@@ -1,6 +1,6 @@
 """Training time per fold: the paper's end-to-end Keras training against lusfeat's two stages.
 
-    python benchmarks/training_time.py [--backbone xception,vgg16,mobilenet] [--patients 9]
+    python -m benchmarks.training_time [--backbone xception,vgg16,mobilenet] [--patients 9]
         [--frame-step 30] [--folds 3] [--epochs 3] [--out FILE|DIR]
 
 On the same COVID-BLUES frames (``--patients``, ``--frame-step``) and the same patient-level folds,
@@ -44,10 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     command_line,
     format_table,
     machine_info,
@@ -55,8 +52,8 @@ from benchmarks._common import (  # noqa: E402
     publish,
     select_patients,
 )
-from lusfeat.errors import LusfeatError  # noqa: E402
-from lusfeat.scores import CLASSES  # noqa: E402
+from lusfeat.errors import LusfeatError
+from lusfeat.scores import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_FRAMES = 31_746  # COVID-BLUES, every frame
@@ -423,7 +420,7 @@ def run_backbone(name: str, frames: pd.DataFrame, folds: np.ndarray, args: argpa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/training_time.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training_time", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default=str(REPO / "data_manifest.csv"), help="manifest CSV")
     parser.add_argument("--data-root", default=None, help="folder holding COVID-BLUES/ (default: $LUSFEAT_DATA_ROOT)")
     parser.add_argument("--backbone", default="xception,vgg16,mobilenet", help="comma-separated (default: %(default)s)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,11 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import accuracy
 
-from benchmarks import accuracy  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_feature_file(folder: Path, name: str, frames: pd.DataFrame, features: np.ndarray,

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import extract_throughput, training_time
+from lusfeat.errors import LusfeatError
 
-from benchmarks import extract_throughput, training_time  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def positive(value: float) -> bool:

@@ -63,11 +63,11 @@ def standardisation(rows: np.ndarray, block_rows: int = 4096) -> tuple[np.ndarra
     """
     n, dim = rows.shape
     total, squares = np.zeros(dim), np.zeros(dim)
-    for start in range(0, n, block_rows):
-        total += rows[start:start + block_rows].astype(np.float64).sum(axis=0)
+    for start in range(0, n, block_rows):  # np.asarray: no copy of rows that are float64 already
+        total += np.asarray(rows[start:start + block_rows], dtype=np.float64).sum(axis=0)
     mean = total / n
     for start in range(0, n, block_rows):
-        block = rows[start:start + block_rows].astype(np.float64) - mean
+        block = np.asarray(rows[start:start + block_rows], dtype=np.float64) - mean
         squares += np.einsum("ij,ij->j", block, block)
     var = squares / n
     scale = np.sqrt(var)

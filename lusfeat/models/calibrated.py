@@ -4,7 +4,8 @@
 trust it from the training patients alone: copies of the estimator (the fitted one's settings,
 ``fixed_clone`` where it has one: the video model at the C it chose) are refitted on the fit's
 one inner patient split (:func:`lusfeat.folds.inner_patient_folds`), and their held-out
-probabilities fit
+probabilities (an estimator that fitted those very models for a choice of its own, the video
+model's C, gives them as ``inner_held_out_``: no refit) fit
 
 - a temperature (:class:`~lusfeat.models.calibration.TemperatureScaling`, ``link``), on one row per
   frame, or per video for a model that answers per video (``per_video``);
@@ -93,15 +94,18 @@ class Calibrated(BaseEstimator):
         if n_inner < 2:
             self.note_ = "a single training patient: no inner patient-level split to calibrate on"
             return
-        held_out = np.zeros((X.shape[1], len(CLASSES)))
-        for k in range(1, n_inner + 1):
-            part, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
-            try:
-                copy = _fit(unfitted_copy(self.estimator_), X[:, rest], y[rest], index.take(rest))
-            except ValueError as error:  # e.g. an inner part holding one score only
-                self.note_ = f"inner fold {k} could not be fitted ({error})"
-                return
-            held_out[part] = copy.predict_proba(X[:1, part], index=index.take(part))
+        held_out = getattr(self.estimator_, "inner_held_out_", None)
+        if held_out is None or getattr(self.estimator_, "inner_split_", None) != [n_inner, INNER_SEED_OFFSET +
+                                                                                  (self.random_state or 0)]:
+            held_out = np.zeros((X.shape[1], len(CLASSES)))
+            for k in range(1, n_inner + 1):
+                part, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+                try:
+                    copy = _fit(unfitted_copy(self.estimator_), X[:, rest], y[rest], index.take(rest))
+                except ValueError as error:  # e.g. an inner part holding one score only
+                    self.note_ = f"inner fold {k} could not be fitted ({error})"
+                    return
+                held_out[part] = copy.predict_proba(X[:1, part], index=index.take(part))
         rows, truth = per_video(index, held_out, y) if self.per_video else (held_out, y)
         self.calibrator_ = TemperatureScaling(link=self.link).fit(rows, truth)
         video_rows, video_truth = per_video(index, self.calibrator_.transform(held_out), y)

@@ -88,7 +88,8 @@ class OrdinalLogisticRegression(ClassifierMixin, BaseEstimator):
         rows = X.reshape(copies * n, dim).astype(np.float64)
         scores = np.tile(y, copies)
         self.mean_, _, self.scale_ = standardisation(rows)
-        rows = (rows - self.mean_) / self.scale_
+        rows -= self.mean_  # in place: rows is this fit's own float64 copy
+        rows /= self.scale_
         weights = balanced_class_weights(scores)[scores] if self.class_weight == "balanced" else np.ones(len(scores))
         weights = weights / copies  # each frame counts once, whatever the number of copies
 

@@ -41,22 +41,27 @@ def pool_videos(X, inverse: np.ndarray, n_videos: int, pooling: tuple[str, ...])
     counts = np.bincount(inverse, minlength=n_videos)
     if len(counts) != n_videos or (counts == 0).any():
         raise ValueError("every video must have at least one frame")
-    # Frames sorted by video, then one reduceat per statistic: far faster than np.add.at.
+    # Frames sorted by video, then one reduceat per statistic: far faster than np.add.at. One copy at a
+    # time (float64 sums of a (frames, dim) block, not of every copy at once), the maxima on the float32
+    # values (exact either way): the same numbers in a third of the memory traffic.
     order = np.argsort(inverse, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    grouped = X[:, order].astype(np.float64)
-    sizes = counts[np.newaxis, :, np.newaxis].astype(np.float64)
-    mean = np.add.reduceat(grouped, starts, axis=1) / sizes
-    parts = []
-    for name in pooling:
-        if name == "mean":
-            parts.append(mean)
-        elif name == "std":
-            squares = np.add.reduceat(grouped ** 2, starts, axis=1) / sizes
-            parts.append(np.sqrt(np.maximum(squares - mean ** 2, 0.0)))
-        else:
-            parts.append(np.maximum.reduceat(grouped, starts, axis=1))
-    return np.concatenate(parts, axis=2).astype(np.float32)
+    sizes = counts[:, np.newaxis].astype(np.float64)
+    out = np.empty((copies, n_videos, dim * len(pooling)), np.float32)
+    for copy in range(copies):
+        frames = X[copy, order]
+        grouped = frames.astype(np.float64)
+        mean = np.add.reduceat(grouped, starts, axis=0) / sizes
+        for position, name in enumerate(pooling):
+            part = out[copy, :, position * dim:(position + 1) * dim]
+            if name == "mean":
+                part[...] = mean
+            elif name == "std":
+                squares = np.add.reduceat(grouped ** 2, starts, axis=0) / sizes
+                part[...] = np.sqrt(np.maximum(squares - mean ** 2, 0.0))
+            else:
+                part[...] = np.maximum.reduceat(frames, starts, axis=0)
+    return out
 
 
 @saved_as_data
@@ -74,6 +79,8 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
     ``n_features_in_`` (frame feature size), ``n_videos_`` (training videos), and with ``Cs``:
     ``C_`` (the chosen value) and ``inner_qwk_`` (inner video QWK per candidate, keys ``str(C)``).
     """
+
+    _not_saved = ("inner_held_out_",)
 
     def __init__(self, *, estimator=None, pooling: tuple[str, ...] = ("mean", "std", "max"),
                  Cs: tuple[float, ...] | None = None, inner_folds: int = 3,
@@ -120,7 +127,7 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
                   index: FrameIndex) -> tuple[float, dict[str, float]]:
         from sklearn.metrics import cohen_kappa_score
 
-        from lusfeat.folds import inner_patient_folds
+        from lusfeat.folds import INNER_SEED_OFFSET, inner_patient_folds
 
         if min(self.Cs) <= 0:
             raise ValueError(f"Cs must be positive, got {self.Cs}")
@@ -130,15 +137,22 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
             return float(estimator.get_params()["C"]), {}
         video_fold = np.zeros(pooled.shape[1], dtype=np.int64)
         video_fold[inverse] = frame_fold
-        scores = {}
+        scores, held_out = {}, {}
         for C in self.Cs:
             predicted = np.zeros(len(video_scores), dtype=np.int64)
+            held_out[C] = np.zeros((len(video_scores), len(CLASSES)))
             for fold in range(1, n_inner + 1):
                 train, test = video_fold != fold, video_fold == fold
                 inner = clone(estimator).set_params(C=C).fit(pooled[:, train], video_scores[train])
                 predicted[test] = inner.predict(pooled[:1, test])
+                held_out[C][test] = inner.predict_proba(pooled[:1, test])
             scores[str(C)] = float(cohen_kappa_score(video_scores, predicted, weights="quadratic", labels=CLASSES))
         best = max(self.Cs, key=lambda C: (scores[str(C)], -C))
+        # The inner models at the chosen C are what a refit of fixed_clone() on the same inner split trains, to the
+        # bit (the same pooled rows in the same order): their held-out answers, per frame, spare that refit
+        # (lusfeat.models.calibrated). Not saved.
+        self.inner_split_ = [n_inner, INNER_SEED_OFFSET + (self.random_state or 0)]
+        self.inner_held_out_ = held_out[best][inverse]
         return float(best), scores
 
     def _video_rows(self, X, index: FrameIndex | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

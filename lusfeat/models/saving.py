@@ -21,7 +21,6 @@ probabilities are identical to the bit (``tests/models/test_saving.py``, every m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from lusfeat.errors import LusfeatError
 from lusfeat.files import make_folder, replace_atomically, write_json
+from lusfeat.manifest import file_sha256
 
 SAVED_CLASSES: dict[str, type] = {}
 ARRAY_KINDS = "biufU"  # booleans, integers, floats, text: never objects
@@ -125,14 +125,6 @@ def build_estimator(record: dict[str, Any], arrays: dict[str, np.ndarray], prefi
     if hasattr(estimator, "_restore") and getattr(estimator, "n_features_in_", None) is not None:
         estimator._restore(extra)
     return estimator
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_estimator(estimator: Any, folder: str | os.PathLike, stem: str) -> dict[str, str]:

@@ -4,7 +4,7 @@
         [--seeds 0,1,2] [--folds 3] [--epochs 3] [--lr 0.001] [--block-lr 0.0001] [--class-weight balanced]
         [--copies N] [--probe N] [--out FILE|DIR]
 
-``--maps`` comes from ``python -m lusfeat.extract --backbone xception --tap middle`` (or ``block13``).
+``--maps`` comes from ``python -m lusfeat.experiments.finetune --backbone xception --tap middle`` (or ``block13``).
 Protocol, as in benchmarks/accuracy.py: for each seed ``s``, patient-level folds
 ``lusfeat.folds.make_folds(patient_strata(frames), k, seed=s)``; ``TopBlockFineTuner(random_state=s)``
 (lusfeat.experiments.finetune: the Xception block(s) after the tap, with ImageNet weights, + average pooling +
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "finetune",
         "commands": [command_line("finetune.py", argv)],
         "protocol": __doc__.split("\n\n", 2)[2].strip(),
-        "maps": {"path": str(maps_path), **{key: maps.attrs[key] for key in ("backbone", "tap", "weights", "input_size",
+        "maps": {"path": str(maps_path), "source": maps.config.source,
+                 **{key: maps.attrs[key] for key in ("backbone", "weights", "input_size",
                                                                           "copies", "dtype", "precision", "frame_step",
                                                                           "manifest_sha256")},
                  "shape": list(X.shape), "gigabytes_in_memory": X.nbytes / 1e9, "load_seconds": load_seconds,
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{maps_path}: {X.shape} {X.dtype} ({X.nbytes / 1e9:.2f} GB) read in {load_seconds:.0f} s",
           file=sys.stderr, flush=True)
     if args.probe:
-        record["probe"] = probe(args, X, y, frames, config.tap)
+        record["probe"] = probe(args, X, y, frames, config.source)
         publish(record, out, "finetune", render)
         return 0
     baseline = None
@@ -228,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = run_method(method, data, args.seed_list, args.folds)
         record["results"].append(baseline)
         record["pooled"] = {"path": str(pooled), **data.sources[pooled.stem],
-                            "check": consistency(args, X, data.blocks[pooled.stem], config.tap)}
-    result = run(args, X, y, frames, config.tap, record, out)
+                            "check": consistency(args, X, data.blocks[pooled.stem], config.source)}
+    result = run(args, X, y, frames, config.source, record, out)
     if baseline is not None:
         result["versus_paper"] = wins_over(result, baseline)
     publish(record, out, "finetune", render)

@@ -20,20 +20,6 @@ WEIGHTS_DIR_ENV = "LUSFEAT_WEIGHTS_DIR"
 
 
 @dataclass(frozen=True)
-class TapSpec:
-    """An intermediate activation map of a backbone: the input of one named layer.
-
-    Keras names the residual ``Add`` layers ``add_N`` by build order, so a tap is located by the
-    explicitly named layer that consumes it, never by an ``add_N`` name.
-    """
-
-    name: str
-    layer: str  # the tap is this layer's input tensor
-    channels: int
-    top: str  # what lusfeat.experiments.finetune retrains on top of it, for people
-
-
-@dataclass(frozen=True)
 class BackboneSpec:
     """What lusfeat needs to know of one ``keras.applications`` family."""
 
@@ -46,7 +32,6 @@ class BackboneSpec:
     min_input_size: int = 32
     fixed_input_size: bool = False  # the ImageNet weights only exist at the native size
     kwargs: dict[str, Any] = field(default_factory=dict)
-    taps: dict[str, TapSpec] = field(default_factory=dict)  # intermediate maps stage one can store
 
     def constructor(self) -> Callable[..., Any]:
         import keras
@@ -62,13 +47,7 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec(
-            "xception", "Xception", "xception", 299, 2048, "xception_imagenet_notop.weights.h5", 71,
-            taps={tap.name: tap for tap in (
-                TapSpec("middle", "block13_sepconv1_act", 728, "block13 + block14 (19x19x728 maps at 299 px)"),
-                TapSpec("block13", "block14_sepconv1", 1024, "block14 (10x10x1024 maps at 299 px)"),
-            )},
-        ),
+        BackboneSpec("xception", "Xception", "xception", 299, 2048, "xception_imagenet_notop.weights.h5", 71),
         BackboneSpec("resnet50", "ResNet50", "resnet50", 224, 2048, "resnet50_imagenet_notop.weights.h5", 32),
         BackboneSpec("vgg16", "VGG16", "vgg16", 224, 512, "vgg16_imagenet_notop.weights.h5", 32),
         BackboneSpec(
@@ -84,14 +63,6 @@ def get_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise LusfeatError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
-
-
-def get_tap(spec: BackboneSpec, name: str) -> TapSpec:
-    try:
-        return spec.taps[name]
-    except KeyError:
-        known = ", ".join(spec.taps) or "none"
-        raise LusfeatError(f"--tap {name!r}: {spec.name} has no such tap; known taps of {spec.name}: {known}") from None
 
 
 @dataclass(frozen=True)
@@ -175,8 +146,9 @@ def fetch_weights(spec: BackboneSpec, source: WeightsSource, input_size: int | N
 PRECISIONS = ("float32", "bfloat16")
 
 
-def _checked_base(spec: BackboneSpec, source: WeightsSource, input_size: int | None, precision: str):
-    """``(keras base, input size)`` after checking size and precision; the base built under ``precision``."""
+def checked_base(spec: BackboneSpec, source: WeightsSource, input_size: int | None, precision: str):
+    """``(keras base, input size)`` after checking size and precision; the base built under ``precision``
+    (also what the experiments cut their own networks from)."""
     import keras
 
     if precision not in PRECISIONS:
@@ -205,7 +177,7 @@ def build_feature_extractor(spec: BackboneSpec, source: WeightsSource, input_siz
     """
     import keras
 
-    base, size = _checked_base(spec, source, input_size, precision)
+    base, size = checked_base(spec, source, input_size, precision)
     base.trainable = False
     inputs = keras.Input((size, size, 3), dtype="uint8", name="rgb")
     x = keras.layers.Lambda(lambda t: spec.preprocess()(keras.ops.cast(t, "float32")), name="preprocess")(inputs)
@@ -222,55 +194,9 @@ def build_map_extractor(spec: BackboneSpec, source: WeightsSource, input_size: i
     """
     import keras
 
-    base, size = _checked_base(spec, source, input_size, "float32")
+    base, size = checked_base(spec, source, input_size, "float32")
     base.trainable = False
     inputs = keras.Input((size, size, 3), dtype="uint8", name="rgb")
     x = keras.layers.Lambda(lambda t: spec.preprocess()(keras.ops.cast(t, "float32")), name="preprocess")(inputs)
     outputs = base(x, training=False)
     return keras.Model(inputs, outputs, name=f"{spec.name}_maps")
-
-
-def tap_tensor(base, tap: TapSpec):
-    """The symbolic tensor of ``tap`` in a built ``keras.applications`` model: its layer's one input."""
-    try:
-        layer = base.get_layer(tap.layer)
-    except ValueError:
-        raise LusfeatError(f"tap {tap.name}: {base.name} has no layer {tap.layer} (another Keras version?)") from None
-    tensor = layer.input
-    if isinstance(tensor, (list, tuple)) or tensor.shape[-1] != tap.channels:
-        raise LusfeatError(f"tap {tap.name}: the input of {tap.layer} is not one {tap.channels}-channel map")
-    return tensor
-
-
-def build_tap_extractor(spec: BackboneSpec, source: WeightsSource, tap: str, input_size: int | None = None,
-                        precision: str = "float32"):
-    """Frozen ``uint8 RGB image -> float32 activation map (h, w, c)`` at ``tap``, preprocessing inside.
-
-    The same frozen base as :func:`build_feature_extractor`, cut at the tap: everything after it
-    is what :func:`build_top_block` rebuilds for stage two.
-    """
-    import keras
-
-    point = get_tap(spec, tap)
-    base, size = _checked_base(spec, source, input_size, precision)
-    trunk = keras.Model(base.input, tap_tensor(base, point), name=f"{spec.name}_to_{tap}")
-    trunk.trainable = False
-    inputs = keras.Input((size, size, 3), dtype="uint8", name="rgb")
-    x = keras.layers.Lambda(lambda t: spec.preprocess()(keras.ops.cast(t, "float32")), name="preprocess")(inputs)
-    x = trunk(x, training=False)
-    outputs = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"), name="as_float32", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=f"{spec.name}_{tap}_maps")
-
-
-def build_top_block(spec: BackboneSpec, source: WeightsSource, tap: str, input_size: int | None = None):
-    """The part of the backbone after ``tap``, with its (ImageNet) weights: maps -> final unpooled activations.
-
-    Built from the whole float32 model, so its layers hold exactly the weights the frozen
-    extractor uses; the tap's map of an image, fed through it and average-pooled, gives that
-    image's pooled feature.
-    """
-    import keras
-
-    point = get_tap(spec, tap)
-    base, _ = _checked_base(spec, source, input_size, "float32")
-    return keras.Model(tap_tensor(base, point), base.output, name=f"{spec.name}_after_{tap}")

@@ -142,7 +142,7 @@ def extract_on_dask(address: str, jobs: list[tuple[BackboneSpec, WeightsSource, 
     """
     from tqdm.auto import tqdm
 
-    results = {str(out_path): BackboneResult(spec.name + (f"-{config.tap}" if config.tap else ""))
+    results = {str(out_path): BackboneResult(spec.name)
                for spec, _, config, out_path in jobs}
     todo = []
     for job in jobs:  # before any cluster: a finished file needs none, one of other settings is kept
@@ -188,7 +188,7 @@ def extract_on_dask(address: str, jobs: list[tuple[BackboneSpec, WeightsSource, 
         table = client.scatter(frames, broadcast=False, hash=False)
         futures = {}
         for spec, source, config, out_path in jobs:
-            name = spec.name + (f"-{config.tap}" if config.tap else "")
+            name = spec.name
             for index in range(1, count + 1):
                 future = client.submit(shard_task, table, spec.name, source, config, str(out_path), index, count,
                                        batch_size, threads, overwrite, topic, pure=False,

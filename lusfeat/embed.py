@@ -11,8 +11,11 @@
   (it changes the last bits of the features);
 - the network call itself comes from :mod:`lusfeat.engines` (TensorFlow's :class:`Embedder`, or OpenVINO),
   with :func:`calibration_set` choosing the frames an int8 model is calibrated on;
-- :func:`write_features`: the resumable write loop shared by every feature file (backbones,
-  and the experiments' lung crops and hand-made signal); :func:`extract_backbone` for one backbone;
+- :class:`FeatureSource`: stage one's one extension point, what runs over the images (a name, a shape
+  and a call); :func:`backbone_source` is the product's (a backbone's pooled features), and
+  ``lusfeat/experiments/`` bring their own (lung crops, fine-tuning maps, the hand-made signal);
+- :func:`write_features`: the resumable write loop shared by every feature source; :func:`extract_backbone`
+  for one backbone;
 - :func:`embed_frames`: copy 0 of frames, as ``lusfeat.predict`` needs them.
 """
 
@@ -34,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from lusfeat.augment import AugmentParams, augmented_copies, frame_key
-from lusfeat.backbones import BackboneSpec, WeightsSource, build_tap_extractor, get_spec, get_tap
-from lusfeat.engines import CALIBRATION_FRAMES, Calibration, Embedder, build_embed, engine_version
+from lusfeat.backbones import BackboneSpec, WeightsSource, get_spec
+from lusfeat.engines import CALIBRATION_FRAMES, Calibration, Embed, build_embed, engine_version
 from lusfeat.errors import LusfeatError
 from lusfeat.frames import MediaInfo, frame_indices, iter_frames, media_info
 from lusfeat.store import CHUNK_FRAMES, ExtractionConfig, FeatureWriter
@@ -106,15 +109,31 @@ def plan_frames(manifest: pd.DataFrame, frame_step: int = 1) -> pd.DataFrame:
     return plan.frames
 
 
-FrameTransform = Callable[[np.ndarray, int], np.ndarray]  # (full-size rgb, size) -> (size, size, 3) rgb
+Prepare = Callable[[np.ndarray, int], np.ndarray]  # (full-size rgb, size) -> (size, size, 3) rgb
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """What stage one runs over the images of every frame and copy: images in, arrays out.
+
+    ``build()`` (called only when there is work) returns the call: uint8 images ``(n, size, size, 3)`` ->
+    ``(n, *item_shape)``, batching ``batch_size`` images at a time from its input's start (as the engines do).
+    ``name`` names it in the progress bar and the summary. ``prepare`` turns a full-size frame into the
+    ``(size, size, 3)`` image the copies are made from (e.g. a crop); ``None``: FFmpeg resizes it while decoding.
+    """
+
+    name: str
+    item_shape: tuple[int, ...]
+    build: Callable[[], Embed]
+    prepare: Prepare | None = None
 
 
 def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params: AugmentParams,
-                transform: FrameTransform | None = None) -> Iterator[np.ndarray]:
+                prepare: Prepare | None = None) -> Iterator[np.ndarray]:
     """``(copies, size, size, 3)`` uint8 per row of ``frames``, in order, each file decoded once.
 
-    Without ``transform`` FFmpeg resizes the whole frame; with one (e.g. a crop) the full-size
-    frame goes to ``transform(rgb, size)``. Augmented copies are made from the result.
+    Without ``prepare`` FFmpeg resizes the whole frame; with one (a feature source's, e.g. a crop) the
+    full-size frame goes to ``prepare(rgb, size)``. Augmented copies are made from the result.
     """
     # Runs of consecutive rows of one file, not groupby("file"): a file listed again further down
     # the table (single-frame rows, say) must come out where its rows stand.
@@ -123,9 +142,9 @@ def iter_images(frames: pd.DataFrame, size: int, copies: int, seed: int, params:
         file = rows["file"].iloc[0]
         wanted = rows["frame_index"].tolist()
         path = rows["path"].iloc[0]
-        for index, rgb in iter_frames(file, wanted, None if transform else size):
-            if transform is not None:
-                rgb = transform(rgb, size)
+        for index, rgb in iter_frames(file, wanted, None if prepare else size):
+            if prepare is not None:
+                rgb = prepare(rgb, size)
             yield augmented_copies(rgb, frame_key(path, index), copies, seed, params)
 
 
@@ -168,10 +187,10 @@ def plan_spans(total: int, rows: np.ndarray, block: int, copies: int, batch_size
 
 
 def iter_spans(frames: pd.DataFrame, spans: list[Span], size: int, copies: int, seed: int, params: AugmentParams,
-               transform: FrameTransform | None = None) -> Iterator[tuple[Span, np.ndarray]]:
+               prepare: Prepare | None = None) -> Iterator[tuple[Span, np.ndarray]]:
     """``(span, images[span.images, size, size, 3])`` per span; each file decoded once, in table order."""
     needed = np.concatenate([np.arange(span.first, span.stop) for span in spans]) if spans else np.zeros(0, int)
-    images = iter_images(frames.iloc[needed], size, copies, seed, params, transform)
+    images = iter_images(frames.iloc[needed], size, copies, seed, params, prepare)
     for span in spans:
         decoded = np.empty(((span.stop - span.first) * copies, size, size, 3), np.uint8)
         for i in range(span.stop - span.first):
@@ -240,15 +259,12 @@ def write_features(
     frames: pd.DataFrame,
     config: ExtractionConfig,
     out_path: Path,
-    make_embed: Callable[[], Callable[[np.ndarray], np.ndarray]],
+    source: FeatureSource,
     *,
-    name: str,
     weights_source: str = "",
-    transform: FrameTransform | None = None,
     block: int = CHUNK_FRAMES,
     overwrite: bool = False,
     progress: bool = True,
-    item_shape: tuple[int, ...] | None = None,
     rows: np.ndarray | None = None,
     batch_size: int = 1,
     record: dict[str, Any] | None = None,
@@ -256,15 +272,14 @@ def write_features(
     extra_datasets: dict[str, np.ndarray] | None = None,
     on_block: Callable[[int, int], None] | None = None,
 ) -> ExtractionSummary:
-    """Write (or resume, or confirm) one feature file: frames -> images -> ``embed`` -> HDF5.
+    """Write (or resume, or confirm) one feature file: frames -> images -> ``source`` -> HDF5.
 
-    ``make_embed()`` is called only when there is work to do; its result maps uint8 images
-    ``(n, size, size, 3)`` to features ``(n, dim)`` (or, for a tap file, maps ``(n, *item_shape)``). Shared by backbones, lung crops and the
-    hand-made LUS signal, so all get the same resume, prefetch and progress behaviour.
+    The one loop of every :class:`FeatureSource` (a backbone's, or an experiment's), so all get the same
+    resume, prefetch and progress behaviour; ``source.build()`` is called only when there is work to do.
 
     ``rows`` (increasing rows of ``frames``) writes only those frames, as a shard does; they are
-    computed in the very batches of a run over all of ``frames`` (:func:`plan_spans`: ``embed``
-    must batch ``batch_size`` images at a time from its input's start, as :class:`Embedder` does).
+    computed in the very batches of a run over all of ``frames`` (:func:`plan_spans`: the source
+    must batch ``batch_size`` images at a time from its input's start, as the engines do).
     ``record`` and ``extra_datasets`` are stored in a new file; ``must_match`` attrs are checked
     against an existing one (see :class:`FeatureWriter`). ``on_block(frames_done, frames)`` is
     called when the file is opened and after each block is stored.
@@ -275,22 +290,22 @@ def write_features(
     rows = np.arange(len(frames)) if rows is None else np.asarray(rows, dtype=np.int64)
     own = frames if len(rows) == len(frames) else frames.iloc[rows].reset_index(drop=True)
     with FeatureWriter(out_path, config, own, overwrite=overwrite, weights_source=weights_source,
-                       item_shape=item_shape, record=record, must_match=must_match,
+                       item_shape=source.item_shape, record=record, must_match=must_match,
                        extra_datasets=extra_datasets) as writer:
         start = writer.frames_done
         if on_block is not None:
             on_block(start, len(own))
         if writer.complete:
-            return ExtractionSummary(name, out_path, len(own), config.copies, 0.0, 0,
+            return ExtractionSummary(source.name, out_path, len(own), config.copies, 0.0, 0,
                                      out_path.stat().st_size / 1e6, "up to date")
         status = "resumed" if start else "written"
-        embed = make_embed()
+        embed = source.build()
         began = time.perf_counter()
         spans = plan_spans(len(frames), rows[start:], block, config.copies, batch_size)
-        blocks = prefetch(iter_spans(frames, spans, config.input_size, config.copies, config.seed, params, transform),
-                          QUEUE_BLOCKS)
+        blocks = prefetch(iter_spans(frames, spans, config.input_size, config.copies, config.seed, params,
+                                     source.prepare), QUEUE_BLOCKS)
         copies = config.copies
-        with tqdm(total=len(own), initial=start, unit="frame", desc=name, disable=not progress,
+        with tqdm(total=len(own), initial=start, unit="frame", desc=source.name, disable=not progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
             position = start
             for span, images in blocks:
@@ -305,8 +320,25 @@ def write_features(
                     on_block(position, len(own))
         seconds = time.perf_counter() - began
         path = writer.finish()
-    return ExtractionSummary(name, path, len(own), config.copies, seconds, len(own) - start,
+    return ExtractionSummary(source.name, path, len(own), config.copies, seconds, len(own) - start,
                              path.stat().st_size / 1e6, status)
+
+
+def backbone_source(frames: pd.DataFrame, spec: BackboneSpec, source: WeightsSource, config: ExtractionConfig,
+                    batch_size: int) -> FeatureSource:
+    """The product's feature source: ``spec``'s pooled features on ``config``'s engine and precision (int8
+    calibrated on ``frames``, :func:`calibration_set`)."""
+
+    def build() -> Embed:
+        return build_embed(config.engine, spec, source, config.input_size, config.precision, batch_size,
+                           _calibration(frames, config))
+
+    return FeatureSource(spec.name, (config.feature_dim,), build)
+
+
+def block_frames(copies: int, batch_size: int) -> int:
+    """Frames per stored block: whole network batches per block, so that only the very last batch is padded."""
+    return max(CHUNK_FRAMES, batch_size) if copies == 1 else CHUNK_FRAMES
 
 
 def extract_backbone(
@@ -319,38 +351,22 @@ def extract_backbone(
     batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
-    transform: FrameTransform | None = None,
     rows: np.ndarray | None = None,
     record: dict[str, Any] | None = None,
     must_match: dict[str, Any] | None = None,
     extra_datasets: dict[str, np.ndarray] | None = None,
     on_block: Callable[[int, int], None] | None = None,
 ) -> ExtractionSummary:
-    """Write (or resume, or confirm) the feature file of one backbone (its tap maps if ``config.tap``).
+    """Write (or resume, or confirm) the feature file of one backbone.
 
     With ``rows`` only those frames of ``frames`` (a shard), computed in the batches of a whole run.
     The file records ``batch_size`` and TensorFlow's thread count (:func:`compute_record`).
     """
-    # Whole network batches per block, so that only the very last batch is padded.
-    block = max(CHUNK_FRAMES, batch_size) if config.copies == 1 else CHUNK_FRAMES
-    options = {"weights_source": source.description, "transform": transform, "block": block,
-               "overwrite": overwrite, "progress": progress, "rows": rows, "batch_size": batch_size,
-               "record": {**compute_record(batch_size), **(record or {})}, "must_match": must_match,
-               "extra_datasets": extra_datasets, "on_block": on_block}
-    if config.tap:
-        if config.engine != "tensorflow":
-            raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {config.engine}; "
-                               "drop --engine or use --engine tensorflow")
-        # Built now: the file's map shape comes from the network (a few seconds, against minutes of maps).
-        model = build_tap_extractor(spec, source, config.tap, config.input_size, config.precision)
-        return write_features(frames, config, out_path, lambda: Embedder(model, batch_size),
-                              name=f"{spec.name}-{config.tap}", item_shape=tuple(model.output_shape[1:]), **options)
-
-    def make_embed() -> Callable[[np.ndarray], np.ndarray]:
-        return build_embed(config.engine, spec, source, config.input_size, config.precision, batch_size,
-                           _calibration(frames, config))
-
-    return write_features(frames, config, out_path, make_embed, name=spec.name, **options)
+    return write_features(frames, config, out_path, backbone_source(frames, spec, source, config, batch_size),
+                          weights_source=source.description, block=block_frames(config.copies, batch_size),
+                          overwrite=overwrite, progress=progress, rows=rows, batch_size=batch_size,
+                          record={**compute_record(batch_size), **(record or {})}, must_match=must_match,
+                          extra_datasets=extra_datasets, on_block=on_block)
 
 
 TF_THREADS_ENV = "TF_NUM_INTRAOP_THREADS"
@@ -426,10 +442,10 @@ def _calibration(frames: pd.DataFrame, config: ExtractionConfig) -> Calibration 
 
 def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | None, dtype: str,
                 augment_copies: int, params: AugmentParams, seed: int, frame_step: int,
-                manifest_sha256: str, precision: str = "float32", tap: str = "", engine: str = "tensorflow",
+                manifest_sha256: str, precision: str = "float32", engine: str = "tensorflow",
                 frames: pd.DataFrame | None = None) -> ExtractionConfig:
     """The config of one feature file; ``frames`` (the planned frames) is needed for int8, to name its calibration."""
-    extra = {"tap": tap, "pooling": "none", "feature_dim": get_tap(spec, tap).channels} if tap else {}
+    extra = {}
     if precision == "int8":
         if frames is None:
             raise LusfeatError("int8 features need the planned frames to choose their calibration frames")
@@ -443,9 +459,9 @@ def make_config(spec: BackboneSpec, source: WeightsSource, *, input_size: int | 
     })
 
 
-def output_path(out: Path, spec: BackboneSpec, tap: str = "") -> Path:
-    """``OUT/<backbone>.h5`` for pooled features, ``OUT/<backbone>-<tap>.h5`` for a tap's maps."""
-    return out / (f"{spec.name}-{tap}.h5" if tap else f"{spec.name}.h5")
+def output_path(out: Path, spec: BackboneSpec) -> Path:
+    """``OUT/<backbone>.h5``."""
+    return out / f"{spec.name}.h5"
 
 
 def embed_frames(frames: pd.DataFrame, config: ExtractionConfig, source: WeightsSource, *, batch_size: int = 32,

@@ -2,14 +2,12 @@
 
     python -m lusfeat.extract [--manifest data_manifest.csv] [--backbone xception]
         [--weights imagenet|none|FILE|DIR] [--augment-copies 2] [--frame-step 1] [--out features/]
-        [--tap NAME] [--engine tensorflow|openvino] [--precision float32|bfloat16|int8] [--threads T]
+        [--engine tensorflow|openvino] [--precision float32|bfloat16|int8] [--threads T]
         [--shard K/N | --dask ADDRESS|local:N [--shards N]]
-    python -m lusfeat.extract merge OUT [--backbone NAME,...] [--tap NAME] [--shards FILE ...] [--overwrite]
+    python -m lusfeat.extract merge OUT [--backbone NAME,...] [--shards FILE ...] [--overwrite]
 
-With ``--tap NAME`` it stores the backbone's intermediate activation map NAME (float16 by
-default) in ``OUT/<backbone>-<tap>.h5`` instead of pooled features, for the fine-tuning
-experiment (``lusfeat.experiments.finetune``). The engine is :mod:`lusfeat.embed`; the network
-runs on the inference engine of ``--engine`` (:mod:`lusfeat.engines`; ``docs/engines.md``).
+The loop is :mod:`lusfeat.embed`; the network runs on the inference engine of ``--engine``
+(:mod:`lusfeat.engines`; without it, the default for this CPU, logged with the reason; ``docs/engines.md``).
 
 ``--shard K/N`` extracts shard K of N (whole patients, balanced by frames) into
 ``OUT/<backbone>.shard-K-of-N.h5``; ``merge OUT`` joins the N shards into ``OUT/<backbone>.h5``,
@@ -25,7 +23,7 @@ import sys
 from pathlib import Path
 
 from lusfeat.augment import AugmentParams
-from lusfeat.backbones import BACKBONES, fetch_weights, get_spec, get_tap, resolve_weights
+from lusfeat.backbones import BACKBONES, fetch_weights, get_spec, resolve_weights
 from lusfeat.cli import add_frame_arguments, add_verbose_argument, sigterm_interrupts, start
 from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames, set_tf_threads
 from lusfeat.engines import ALL_PRECISIONS, CALIBRATION_FRAMES, ENGINES, check_engine, choose_engine
@@ -51,12 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--input-size", type=int, default=None, help="pixels, square (default: the backbone's native)")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default=None,
-                        help="stored type (default: float32 for pooled features, float16 for --tap maps)")
-    parser.add_argument("--tap", default="", metavar="NAME",
-                        help="store the intermediate activation map NAME instead of pooled features, in "
-                        "OUT/<backbone>-<tap>.h5, for lusfeat.experiments.finetune (xception: middle = middle-flow output, "
-                        "19x19x728 at 299 px; block13 = block13 output, 10x10x1024)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="stored type (default: %(default)s)")
     parser.add_argument("--engine", choices=tuple(ENGINES), default=None,
                         help="inference engine: tensorflow, or openvino (pip install \"lusfeat[openvino]\"; the same "
                         "Keras model converted, cached in $LUSFEAT_CACHE_DIR or ~/.cache/lusfeat) (default: chosen for "
@@ -87,7 +81,6 @@ def build_merge_parser() -> argparse.ArgumentParser:
                                      description="join the shard files OUT/<backbone>.shard-K-of-N.h5 into OUT/<backbone>.h5")
     parser.add_argument("out", help="the folder holding the shards (the --out of the shard runs)")
     parser.add_argument("--backbone", default="", help="comma-separated (default: every backbone with shards in OUT)")
-    parser.add_argument("--tap", default="", metavar="NAME", help="merge the shards of OUT/<backbone>-<tap>.h5")
     parser.add_argument("--shards", nargs="+", default=None, metavar="FILE",
                         help="these shard files of one backbone (default: all found in OUT)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<backbone>.h5 of other settings")
@@ -107,17 +100,16 @@ def merge_main(argv: list[str]) -> int:
                                    "merge one backbone at a time")
             targets = [(out / f"{stems.pop()}.h5", args.shards)]
         else:
-            suffix = f"-{args.tap}" if args.tap else ""
             names = [name.strip() for name in args.backbone.split(",") if name.strip()]
             if names:
                 for name in names:
                     get_spec(name)
-                stems = [name + suffix for name in names]
+                stems = names
             else:
                 found = sorted({path.name.split(".shard-")[0] for path in out.glob("*.shard-*-of-*.h5")})
-                stems = [stem for stem in found if (stem.endswith(suffix) if suffix else stem in BACKBONES)]
+                stems = [stem for stem in found if stem in BACKBONES]
                 if not stems:
-                    raise LusfeatError(f"no shard files <backbone>{suffix}.shard-K-of-N.h5 in {out}; make them with "
+                    raise LusfeatError(f"no shard files <backbone>.shard-K-of-N.h5 in {out}; make them with "
                                        "python -m lusfeat.extract --shard K/N --out " + str(out))
             targets = [(out / f"{stem}.h5", None) for stem in stems]
     except LusfeatError as error:
@@ -164,10 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         specs = [get_spec(name) for name in names]
         engine, precision, why = choose_engine(args.engine, args.precision)
         defaulted = args.engine is None and args.precision is None
-        if args.tap and args.engine is None:  # maps need TensorFlow, whatever the default for pooled features
-            engine, precision, why = "tensorflow", args.precision or "float32", "--tap maps are made by tensorflow"
-        if args.tap and engine != "tensorflow":
-            raise LusfeatError(f"--tap maps are made by the tensorflow engine only, not {engine}: use --engine tensorflow")
         check_engine(engine, precision)
         log.info("engine: %s %s (%s)", engine, precision, why)
         # Each file opened once to plan: planning reads what the manifest's check would (an unreadable file is named)
@@ -179,11 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest_sha = file_sha256(args.manifest)
         # Resolve every backbone's weights first: a missing file is said at once, not after hours.
         jobs = []
-        dtype = args.dtype or ("float16" if args.tap else "float32")
         for spec in specs:
             try:
-                if args.tap:
-                    get_tap(spec, args.tap)
                 source = resolve_weights(spec, args.weights)
                 fetch_weights(spec, source, args.input_size)
             except LusfeatError as error:
@@ -192,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             made_with = (engine, precision)
             if defaulted and not args.overwrite and not shard:
-                made_with = kept_engine(output_path(Path(args.out), spec, args.tap), made_with)
-            config = make_config(spec, source, input_size=args.input_size, dtype=dtype,
+                made_with = kept_engine(output_path(Path(args.out), spec), made_with)
+            config = make_config(spec, source, input_size=args.input_size, dtype=args.dtype,
                                  augment_copies=args.augment_copies, params=params, seed=args.seed,
                                  frame_step=args.frame_step, manifest_sha256=manifest_sha, precision=made_with[1],
-                                 tap=args.tap, engine=made_with[0], frames=frames)
+                                 engine=made_with[0], frames=frames)
             jobs.append((spec, source, config))
         log.info("%d frames from %d files of %d patients; %d copies each",
                  len(frames), len(manifest), manifest["patient_id"].nunique(), args.augment_copies + 1)
@@ -227,9 +212,9 @@ def run_local(args: argparse.Namespace, jobs: list, frames, out: Path, shard: tu
         try:
             options = {"batch_size": args.batch_size, "overwrite": args.overwrite, "progress": not args.no_progress}
             if shard:
-                summary = extract_shard(frames, spec, source, config, output_path(out, spec, config.tap), *shard, **options)
+                summary = extract_shard(frames, spec, source, config, output_path(out, spec), *shard, **options)
             else:
-                summary = extract_backbone(frames, spec, source, config, output_path(out, spec, config.tap), **options)
+                summary = extract_backbone(frames, spec, source, config, output_path(out, spec), **options)
             print(summary.line())
         except LusfeatError as error:
             failures.append(str(error))
@@ -261,7 +246,7 @@ def run_dask(args: argparse.Namespace, jobs: list, frames, out: Path, failures: 
     from lusfeat.cluster import extract_on_dask
 
     try:
-        results = extract_on_dask(args.dask, [(spec, source, config, output_path(out, spec, config.tap))
+        results = extract_on_dask(args.dask, [(spec, source, config, output_path(out, spec))
                                               for spec, source, config in jobs], frames,
                                   shards=args.shards, batch_size=args.batch_size, threads=args.threads,
                                   overwrite=args.overwrite, progress=not args.no_progress)

@@ -53,10 +53,12 @@ def create_checksums(handle: h5py.File, copies: int, frames: int, chunk: int, dc
 
 def remake_command(path: Path, attrs: h5py.AttributeManager) -> str:
     """The extract command that remakes the feature file at ``path`` whose root attrs are ``attrs``."""
-    tap = f" --tap {attrs['tap']}" if attrs.get("tap", "") else ""
+    made_by = attrs.get("source", "") or attrs.get("tap", "")
+    if made_by:  # an experiment's feature source made it
+        return f"the experiment command that made its {made_by!r} maps, with --overwrite"
     return (f"python -m lusfeat.extract --backbone {attrs.get('backbone')} --frame-step {attrs.get('frame_step')} "
             f"--augment-copies {int(attrs.get('copies', 1)) - 1} --engine {attrs.get('engine', 'tensorflow')} "
-            f"--precision {attrs.get('precision', 'float32')}{tap} --out {path.parent} --overwrite (with the "
+            f"--precision {attrs.get('precision', 'float32')} --out {path.parent} --overwrite (with the "
             "--manifest and --weights it was made from)")
 
 

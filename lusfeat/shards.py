@@ -201,7 +201,7 @@ def _read_shard(path: Path) -> _Shard:
                                "python -m lusfeat.extract --shard K/N")
         record = json.loads(attrs[SHARD_ATTR])
         config = read_config(handle)
-        data = handle[MAPS if config.tap else FEATURES]
+        data = handle[MAPS if MAPS in handle else FEATURES]
         check_complete(path, handle, data)
         shard = _Shard(path, int(record["index"]), int(record["count"]), config, record, attrs,
                        _read_frames(handle["frames"]), handle[ROWS][:], tuple(data.shape[2:]), has_checksums(handle, path))
@@ -286,7 +286,7 @@ def existing_output(out_path: Path, config: ExtractionConfig, frames: pd.DataFra
         same = (handle.attrs.get("complete", False) and not read_config(handle).differences(config)
                 and _same_frames(_read_frames(handle["frames"]), frames))
         if same:  # "up to date" only once what it holds is checked
-            check_complete(out_path, handle, handle[MAPS if config.tap else FEATURES])
+            check_complete(out_path, handle, handle[MAPS if MAPS in handle else FEATURES])
             verify_file(out_path, handle)
     return "same" if same else "other"
 
@@ -374,7 +374,7 @@ def _copy_rows(shard: _Shard, data: h5py.Dataset, checksums: h5py.Dataset | None
     starts = np.concatenate([[0], breaks]).astype(int)
     stops = np.concatenate([breaks, [len(shard.rows)]]).astype(int)
     with h5py.File(shard.path, "r") as handle:
-        source = handle[MAPS if shard.config.tap else FEATURES]
+        source = handle[MAPS if MAPS in handle else FEATURES]
         for start, stop in zip(starts, stops, strict=True):
             for at in range(start, stop, step):
                 end = min(stop, at + step)

@@ -9,10 +9,10 @@ Layout of ``OUT/<backbone>.h5``:
 - ``frames/<column>``: the per-frame table (:data:`FRAME_COLUMNS`), one entry per frame;
 - ``checksums``: ``(copies, frames)`` uint32, each stored item's CRC-32 (:mod:`lusfeat.integrity`).
 
-A tap file ``OUT/<backbone>-<tap>.h5`` (``python -m lusfeat.extract --tap NAME``) has the same
-attrs (``tap`` set, ``pooling`` "none") and frame table, and instead of ``features`` holds
-``maps``: ``(copies, frames, h, w, c)`` intermediate activation maps, one chunk per copy and
-frame, read with :func:`load_maps`.
+A file of maps (an item of more than one axis, made by an experiment's feature source, e.g.
+``python -m lusfeat.experiments.finetune maps``) has the same attrs (``source`` naming what made
+it, ``pooling`` "none") and frame table, and instead of ``features`` holds ``maps``:
+``(copies, frames, h, w, c)``, one chunk per copy and frame, read with :func:`load_maps`.
 
 While being written the file is ``<backbone>.h5.partial``; only a complete file is renamed to
 its final name, so a reader never mistakes a half-written file for a finished one. A partial
@@ -67,7 +67,7 @@ FRAME_COLUMNS = {
     "group": str,
 }
 CHUNK_FRAMES = 64
-FEATURES, MAPS = "features", "maps"  # the data set of a pooled file, of a tap file
+FEATURES, MAPS = "features", "maps"  # the data set of pooled features (one axis per item), of maps (more)
 UNKNOWN_MATCHES = ("engine_version",)  # fields where "" (a file older than the field) matches any value
 
 
@@ -90,7 +90,9 @@ class ExtractionConfig:
     manifest_sha256: str
     pooling: str = "avg"
     precision: str = "float32"  # the backbone's compute type: "float32", "bfloat16" or "int8"
-    tap: str = ""  # "" for pooled features, else the intermediate map stored (lusfeat.backbones TapSpec)
+    # "" for the backbone's own output, else the feature source (an experiment's) that made the file,
+    # e.g. "middle": Xception's middle-flow maps (lusfeat.experiments.finetune). Read from "tap" in older files.
+    source: str = ""
     format_version: int = FORMAT_VERSION
     # The inference engine (lusfeat.engines) and its version; files made before engines were
     # recorded read as TensorFlow of an unknown ("") version.
@@ -102,6 +104,8 @@ class ExtractionConfig:
     def from_record(cls, record: Any, where: str) -> ExtractionConfig:
         """From HDF5 attrs or a JSON dict; fields added later with a default may be absent."""
         values = {}
+        if "source" not in record and record.get("tap", ""):  # written before sources: the tap was the source
+            values["source"] = str(record["tap"])
         for field in dataclasses.fields(cls):
             if field.name in record:
                 value = record[field.name]
@@ -179,12 +183,13 @@ def _same_frames(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 
 def create_data(handle: h5py.File, config: ExtractionConfig, n: int, item_shape: tuple[int, ...]) -> h5py.Dataset:
-    """The ``features`` (or a tap file's ``maps``) data set of ``n`` frames, chunked as every feature file is, and
-    its ``checksums``; both allocated on the disk now, so that a disk too small for the file fails here, not later."""
+    """The ``features`` (or, for items of more than one axis, ``maps``) data set of ``n`` frames, chunked as every
+    feature file is, and its ``checksums``; both allocated on the disk now, so that a disk too small for the file
+    fails here, not later."""
     early = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     early.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # with fill_time IFSET (default): zeros written now
     create_checksums(handle, config.copies, n, CHUNK_FRAMES, early.copy())
-    if config.tap:
+    if len(item_shape) > 1:
         # One chunk per copy and frame (0.5 MB for Xception's middle flow): training reads
         # random frames and copies, never a run of neighbours.
         shape, chunks = (config.copies, n, *item_shape), (1, 1, *item_shape)
@@ -240,9 +245,9 @@ class FeatureWriter:
         self.record = dict(record or {})
         self.must_match = dict(must_match or {})
         self.extra_datasets = dict(extra_datasets or {})
-        # One frame's stored value: (feature_dim,) pooled, or a tap's (h, w, c) map.
+        # One frame's stored value: (feature_dim,) pooled, or a feature source's (h, w, c) map.
         self.item_shape = tuple(item_shape) if item_shape is not None else (config.feature_dim,)
-        self.dataset = MAPS if config.tap else FEATURES
+        self.dataset = MAPS if len(self.item_shape) > 1 else FEATURES
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.config = config
         self.frames_done = 0
@@ -273,9 +278,10 @@ class FeatureWriter:
             else:
                 try:
                     self._refuse_if_different(self.partial, handle, frames)
-                    if self.config.tap and handle[MAPS].shape[2:] != self.item_shape:
-                        raise LusfeatError(f"{self.partial}: maps of shape {handle[MAPS].shape[2:]}, "
-                                           f"not {self.item_shape}; pass --overwrite to start again")
+                    held = handle[self.dataset].shape[2:] if self.dataset in handle else None
+                    if held != self.item_shape:
+                        raise LusfeatError(f"{self.partial}: items of shape {held}, not {self.item_shape}; pass "
+                                           "--overwrite to start again")
                 except LusfeatError:
                     handle.close()
                     if not overwrite:
@@ -328,8 +334,8 @@ class FeatureWriter:
 
     def _fill(self, handle: h5py.File, frames: pd.DataFrame, weights_source: str) -> None:
         for key, value in dataclasses.asdict(self.config).items():
-            if key == "tap" and not value:
-                continue  # pooled files keep exactly the attrs they had before taps existed
+            if key == "source" and not value:
+                continue  # a backbone's pooled files keep exactly the attrs they had before sources existed
             handle.attrs[key] = value
         handle.attrs["weights_source"] = weights_source
         handle.attrs["versions"] = json.dumps(package_versions())
@@ -448,9 +454,9 @@ def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtyp
     with _open_for_reading(path) as handle:
         check_complete(Path(path), handle, handle[MAPS if MAPS in handle else FEATURES])
         config = read_config(handle)
-        if config.tap:
-            raise LusfeatError(f"{path} holds {config.backbone}'s {config.tap!r} activation maps, not pooled features: "
-                               "it is for lusfeat.experiments.finetune (lusfeat.store.load_maps); pass a <backbone>.h5 file here")
+        if MAPS in handle:
+            raise LusfeatError(f"{path} holds {config.backbone}'s {config.source!r} maps, not pooled features: it is "
+                               "for an experiment (lusfeat.store.load_maps); pass a <backbone>.h5 file here")
         frames = _read_frames(handle["frames"])
         data = handle["features"]
         stored = data[:] if copies is None else data[sorted(copies)]
@@ -463,7 +469,7 @@ def load_features(path: str | os.PathLike, copies: list[int] | None = None, dtyp
 
 @dataclass
 class MapSet:
-    """A tap file in memory: its config, per-frame table and ``maps[copy, frame, h, w, c]``."""
+    """A file of maps in memory: its config, per-frame table and ``maps[copy, frame, h, w, c]``."""
 
     path: Path
     config: ExtractionConfig
@@ -472,21 +478,21 @@ class MapSet:
     attrs: dict[str, Any]
 
 
-def load_maps(path: str | os.PathLike, copies: list[int] | None = None, tap: str | None = None) -> MapSet:
-    """Read a complete tap file (all copies, or those listed) into memory, in its stored dtype.
+def load_maps(path: str | os.PathLike, copies: list[int] | None = None, source: str | None = None) -> MapSet:
+    """Read a complete file of maps (all copies, or those listed) into memory, in its stored dtype.
 
-    ``tap``, when given, must be the one the file was made with: maps of another layer would
-    not fit the top block rebuilt for ``tap``.
+    ``source``, when given, must be the feature source the file was made by: maps of another layer
+    would not fit what is rebuilt for ``source``.
     """
     with _open_for_reading(path) as handle:
         check_complete(Path(path), handle, handle[MAPS if MAPS in handle else FEATURES])
         config = read_config(handle)
-        if not config.tap:
-            raise LusfeatError(f"{path} holds pooled features, not activation maps; make maps with "
-                               "python -m lusfeat.extract --tap NAME")
-        if tap is not None and config.tap != tap:
-            raise LusfeatError(f"{path} holds the {config.tap!r} tap, not {tap!r}: use --tap {config.tap} or "
-                               f"extract the {tap!r} maps with python -m lusfeat.extract --tap {tap}")
+        if MAPS not in handle:
+            raise LusfeatError(f"{path} holds pooled features, not maps; make maps with an experiment's feature "
+                               "source, e.g. python -m lusfeat.experiments.finetune --tap NAME")
+        if source is not None and config.source != source:
+            raise LusfeatError(f"{path} holds the {config.source!r} maps, not {source!r}: use {config.source!r}, or "
+                               f"make the {source!r} maps (python -m lusfeat.experiments.finetune --tap {source})")
         frames = _read_frames(handle["frames"])
         data = handle[MAPS]
         if copies is not None and not set(copies) <= set(range(data.shape[0])):

@@ -68,9 +68,9 @@ def patient_order(values: Any) -> list[str]:
 def read_labelled_frames(path: Path) -> tuple[ExtractionConfig, pd.DataFrame]:
     """Config and frame table of a complete feature file whose every frame has a 0-3 score."""
     config, frames = read_frame_table(path)
-    if config.tap:
-        raise LusfeatError(f"{path} holds {config.backbone}'s {config.tap!r} activation maps (extract --tap), not pooled "
-                           "features: they are for lusfeat.experiments.finetune; pass <backbone>.h5 files to lusfeat.fit")
+    if config.source:
+        raise LusfeatError(f"{path} holds {config.backbone}'s {config.source!r} maps (an experiment's), not pooled "
+                           "features; pass <backbone>.h5 files to lusfeat.fit")
     unlabelled = ~np.isin(frames["score"].to_numpy(), CLASSES)
     if unlabelled.any():
         raise LusfeatError(f"{path}: {int(unlabelled.sum())} frame(s) have no 0-3 score (unlabelled rows of the "
@@ -81,13 +81,13 @@ def read_labelled_frames(path: Path) -> tuple[ExtractionConfig, pd.DataFrame]:
 def resolve_feature_paths(patterns: list[str] | None) -> list[Path]:
     """The feature files named (globs allowed), or every pooled ``features/*.h5``; one per backbone.
 
-    The default leaves out tap files (``extract --tap``: activation maps, not pooled features).
+    The default leaves out files of an experiment's feature source (``source`` set: maps, not pooled features).
     """
     paths: list[Path] = []
     for pattern in patterns or [DEFAULT_FEATURES]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not patterns:
-            matches = [match for match in matches if not read_config(match).tap]
+            matches = [match for match in matches if not read_config(match).source]
         if not matches:
             raise LusfeatError(f"no feature files match {pattern}; make them with python -m lusfeat.extract "
                                "or name them with --features")

@@ -108,18 +108,6 @@ def test_bfloat16_features_are_close_to_float32(data_root, weights_dir):
         build_feature_extractor(spec, source, precision="int8")
 
 
-def test_tap_registry_and_unknown_tap():
-    from lusfeat.backbones import get_tap
-
-    xception = get_spec("xception")
-    assert list(xception.taps) == ["middle", "block13"]
-    assert get_tap(xception, "middle").channels == 728 and get_tap(xception, "block13").layer == "block14_sepconv1"
-    with pytest.raises(LusfeatError, match="known taps of xception: middle, block13"):
-        get_tap(xception, "block4")
-    with pytest.raises(LusfeatError, match="known taps of vgg16: none"):
-        get_tap(get_spec("vgg16"), "middle")
-
-
 def test_a_random_backbone_is_the_same_network_every_build():
     # --weights none must be reproducible, or predict could not recompute a model's features.
     spec, source = get_spec("mobilenet"), resolve_weights(get_spec("mobilenet"), "none")

@@ -114,35 +114,11 @@ def test_bad_options(tmp_path, capsys, argument):
     assert "error:" in capsys.readouterr().err
 
 
-def test_tap_of_a_backbone_without_it_is_refused(two_patient_manifest, data_root, weights_dir, tmp_path, capsys):
-    assert _run(two_patient_manifest, tmp_path, data_root, str(weights_dir), "--tap", "middle") == 1
-    assert "--tap 'middle': mobilenet has no such tap; known taps of mobilenet: none" in capsys.readouterr().err
-    assert not any(tmp_path.glob("*.h5*"))
-
-
-@pytest.mark.slow
-def test_xception_tap_maps_are_float16_and_resumable(two_patient_manifest, data_root, weights_dir, tmp_path, capsys):
-    """Real maps: one video, 2 frames x 1 copy; a second run is up to date, another tap another file."""
-    import pandas as pd
-
-    from lusfeat.store import load_maps
-
-    if not (weights_dir / "xception_imagenet_notop.weights.h5").is_file():
-        pytest.skip(f"Xception weights not found in {weights_dir}")
-    rows = pd.read_csv(two_patient_manifest, dtype=str, keep_default_na=False)
-    manifest = tmp_path / "one.csv"
-    rows[rows["video_id"] == "patient_1_L1"].to_csv(manifest, index=False)
-    args = ["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "xception", "--weights",
-            str(weights_dir), "--frame-step", "100", "--augment-copies", "0", "--out", str(tmp_path), "--no-progress",
-            "--tap", "block13"]
-    assert main(args) == 0
-    assert "xception-block13: written" in capsys.readouterr().out
-    maps = load_maps(tmp_path / "xception-block13.h5")
-    assert maps.maps.shape == (1, len(maps.frames), 10, 10, 1024) and maps.maps.dtype == np.float16
-    assert maps.config.tap == "block13" and maps.config.pooling == "none" and maps.config.feature_dim == 1024
-    assert not (tmp_path / "xception.h5").exists()
-    assert main(args) == 0
-    assert "up to date" in capsys.readouterr().out
+def test_extract_has_no_experiment_options(tmp_path, capsys):
+    """Stage one does one thing: the fine-tuning maps are made by lusfeat.experiments.finetune, not by --tap."""
+    with pytest.raises(SystemExit):
+        main(["--manifest", str(tmp_path / "none.csv"), "--tap", "middle"])
+    assert "unrecognized arguments: --tap middle" in capsys.readouterr().err
 
 
 def test_a_stream_that_ends_early_is_extracted_as_it_decodes_and_resumes(tmp_path, weights_dir, monkeypatch, caplog):

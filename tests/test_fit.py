@@ -205,7 +205,7 @@ def test_preset_paper_is_the_paper_stage_two_alone_and_unchanged(full_run: Path,
 
 
 @pytest.mark.slow
-def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_features: Path, tmp_path: Path,
+def test_map_files_are_left_out_by_default_and_refused_when_named(synthetic_features: Path, tmp_path: Path,
                                                                       monkeypatch, capsys):
     import dataclasses
 
@@ -215,7 +215,7 @@ def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_
     folder.mkdir()
     shutil.copy(synthetic_features, folder / "mobilenet.h5")
     pooled = load_features(synthetic_features)
-    config = dataclasses.replace(pooled.config, backbone="xception", tap="middle", pooling="none", feature_dim=3,
+    config = dataclasses.replace(pooled.config, backbone="xception", source="middle", pooling="none", feature_dim=3,
                                  dtype="float16")
     with FeatureWriter(folder / "xception-middle.h5", config, pooled.frames, item_shape=(2, 2, 3)) as writer:
         writer.write(0, np.zeros((config.copies, len(pooled.frames), 2, 2, 3), np.float16))
@@ -224,7 +224,7 @@ def test_tap_map_files_are_left_out_by_default_and_refused_when_named(synthetic_
     assert main(["--fold", "1", "--preset", "paper", "--out", "run"]) == 0  # default features/*.h5
     assert {p.name for p in (tmp_path / "run").iterdir() if p.is_dir()} == {"mobilenet"}
     assert main(["--fold", "1", "--features", "features/xception-middle.h5", "--out", "run2"]) == 1
-    assert "activation maps (extract --tap), not pooled features" in capsys.readouterr().err
+    assert "'middle' maps (an experiment's), not pooled features" in capsys.readouterr().err
 
 
 def test_calibration_and_sets_are_learned_on_training_patients_only(full_run: Path):

@@ -115,11 +115,11 @@ def test_records_without_later_optional_fields_still_read():
         ExtractionConfig.from_record(record, "old.h5")
 
 
-def test_tap_maps_round_trip_resume_and_mismatch(tmp_path):
+def test_maps_of_a_feature_source_round_trip_resume_and_mismatch(tmp_path):
     from lusfeat.store import load_maps
 
     path = tmp_path / "xception-block13.h5"
-    config = _config(tap="block13", pooling="none", feature_dim=3, dtype="float16")
+    config = _config(source="block13", pooling="none", feature_dim=3, dtype="float16")
     maps = np.random.default_rng(0).normal(size=(2, 150, 2, 2, 3)).astype(np.float16)
     with FeatureWriter(path, config, _frames(), item_shape=(2, 2, 3)) as writer:
         writer.write(0, maps[:, :64])
@@ -127,29 +127,40 @@ def test_tap_maps_round_trip_resume_and_mismatch(tmp_path):
         assert writer.frames_done == 64
         writer.write(64, maps[:, 64:])
         writer.finish()
-    loaded = load_maps(path, tap="block13")
+    loaded = load_maps(path, source="block13")
     np.testing.assert_array_equal(loaded.maps, maps)
     assert loaded.maps.dtype == np.float16 and loaded.config == config
     np.testing.assert_array_equal(load_maps(path, copies=[1]).maps, maps[1:])
     with h5py.File(path) as handle:
         assert "features" not in handle and handle["maps"].chunks == (1, 1, 2, 2, 3)
-        assert handle.attrs["tap"] == "block13"
-    with pytest.raises(LusfeatError, match="tap: 'block13' vs 'middle'"):
-        FeatureWriter(path, _config(tap="middle", pooling="none", feature_dim=3, dtype="float16"), _frames())
-    with pytest.raises(LusfeatError, match="holds the 'block13' tap, not 'middle'"):
-        load_maps(path, tap="middle")
-    with pytest.raises(LusfeatError, match="activation maps, not pooled features"):
+        assert handle.attrs["source"] == "block13"
+    with pytest.raises(LusfeatError, match="source: 'block13' vs 'middle'"):
+        FeatureWriter(path, _config(source="middle", pooling="none", feature_dim=3, dtype="float16"), _frames(),
+                      item_shape=(2, 2, 3))
+    with pytest.raises(LusfeatError, match="holds the 'block13' maps, not 'middle'"):
+        load_maps(path, source="middle")
+    with pytest.raises(LusfeatError, match="'block13' maps, not pooled features"):
         load_features(path)
+    # A partial file of maps of another shape is not resumed
+    with FeatureWriter(tmp_path / "m.h5", config, _frames(), item_shape=(2, 2, 3)) as writer:
+        writer.write(0, maps[:, :64])
+    with pytest.raises(LusfeatError, match=r"items of shape \(2, 2, 3\), not \(1, 1, 3\)"):
+        FeatureWriter(tmp_path / "m.h5", config, _frames(), item_shape=(1, 1, 3))
+    # Files written before sources named the tap: read as the source
+    with h5py.File(path, "r+") as handle:
+        del handle.attrs["source"]
+        handle.attrs["tap"] = "block13"
+    assert read_config(path).source == "block13" and load_maps(path, source="block13").maps.shape == maps.shape
 
 
-def test_pooled_files_carry_no_tap_attribute(tmp_path):
+def test_pooled_files_carry_no_source_attribute(tmp_path):
     path = tmp_path / "f.h5"
     with FeatureWriter(path, _config(), _frames()) as writer:
         writer.write(0, _features())
         writer.finish()
     with h5py.File(path) as handle:
-        assert "tap" not in handle.attrs  # as before taps existed
-    assert read_config(path).tap == ""
+        assert "source" not in handle.attrs and "tap" not in handle.attrs  # as before sources existed
+    assert read_config(path).source == ""
 
 
 def test_a_partial_file_another_process_writes_is_refused_not_deleted(tmp_path):

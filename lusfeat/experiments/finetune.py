@@ -1,7 +1,10 @@
 """Partial fine-tuning on cached maps: retrain the backbone's top block(s) and the head, never the frozen part.
 
-Stage one (``python -m lusfeat.extract --backbone xception --tap middle``) stores an intermediate
-activation map per frame and copy (float16). :class:`TopBlockFineTuner` rebuilds the rest of the
+    python -m lusfeat.experiments.finetune --backbone xception --tap middle [--frame-step 10] [--out features]
+
+stores an intermediate activation map per frame and copy (float16) in ``OUT/<backbone>-<tap>.h5``,
+through stage one's loop (:func:`lusfeat.embed.write_features`) with this module's feature source
+(:func:`maps_source`: the frozen backbone cut at the tap, on TensorFlow). :class:`TopBlockFineTuner` rebuilds the rest of the
 backbone after that tap with its ImageNet weights (for Xception's ``middle`` tap: block13 and
 block14), adds global average pooling and the paper's head (Dropout + Dense(4, softmax)), and
 trains block and head together on the maps. Each epoch draws one cached copy per training frame,
@@ -15,16 +18,111 @@ random gradients do not wreck the pretrained filters.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from lusfeat.engines import padded_batches
+from lusfeat.errors import LusfeatError
 from lusfeat.models.base import check_scores, integer_seeds
 from lusfeat.models.head import build_head_model, epoch_schedule
 from lusfeat.scores import CLASSES, argmax_high, balanced_class_weights
 
 FINITE_CHECK_FRAMES = 256  # frames per block when checking maps for NaN (a full check would copy GBs)
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """An intermediate activation map of a backbone: the input of one named layer.
+
+    Keras names the residual ``Add`` layers ``add_N`` by build order, so a tap is located by the
+    explicitly named layer that consumes it, never by an ``add_N`` name.
+    """
+
+    name: str
+    layer: str  # the tap is this layer's input tensor
+    channels: int
+    top: str  # what is retrained on top of it, for people
+
+
+TAPS: dict[str, dict[str, TapSpec]] = {  # backbone -> tap name -> tap
+    "xception": {tap.name: tap for tap in (
+        TapSpec("middle", "block13_sepconv1_act", 728, "block13 + block14 (19x19x728 maps at 299 px)"),
+        TapSpec("block13", "block14_sepconv1", 1024, "block14 (10x10x1024 maps at 299 px)"),
+    )},
+}
+
+
+def get_tap(backbone: str, name: str) -> TapSpec:
+    try:
+        return TAPS.get(backbone, {})[name]
+    except KeyError:
+        known = ", ".join(TAPS.get(backbone, {})) or "none"
+        raise LusfeatError(f"--tap {name!r}: {backbone} has no such tap; known taps of {backbone}: {known}") from None
+
+
+def tap_tensor(base, tap: TapSpec):
+    """The symbolic tensor of ``tap`` in a built ``keras.applications`` model: its layer's one input."""
+    try:
+        layer = base.get_layer(tap.layer)
+    except ValueError:
+        raise LusfeatError(f"tap {tap.name}: {base.name} has no layer {tap.layer} (another Keras version?)") from None
+    tensor = layer.input
+    if isinstance(tensor, (list, tuple)) or tensor.shape[-1] != tap.channels:
+        raise LusfeatError(f"tap {tap.name}: the input of {tap.layer} is not one {tap.channels}-channel map")
+    return tensor
+
+
+def build_tap_extractor(spec, source, tap: str, input_size: int | None = None, precision: str = "float32"):
+    """Frozen ``uint8 RGB image -> float32 activation map (h, w, c)`` at ``tap``, preprocessing inside.
+
+    The same frozen base as :func:`lusfeat.backbones.build_feature_extractor`, cut at the tap: everything
+    after it is what :func:`build_top_block` rebuilds for training.
+    """
+    import keras
+
+    from lusfeat.backbones import checked_base
+
+    point = get_tap(spec.name, tap)
+    base, size = checked_base(spec, source, input_size, precision)
+    trunk = keras.Model(base.input, tap_tensor(base, point), name=f"{spec.name}_to_{tap}")
+    trunk.trainable = False
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="rgb")
+    x = keras.layers.Lambda(lambda t: spec.preprocess()(keras.ops.cast(t, "float32")), name="preprocess")(inputs)
+    x = trunk(x, training=False)
+    outputs = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"), name="as_float32", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"{spec.name}_{tap}_maps")
+
+
+def build_top_block(spec, source, tap: str, input_size: int | None = None):
+    """The part of the backbone after ``tap``, with its (ImageNet) weights: maps -> final unpooled activations.
+
+    Built from the whole float32 model, so its layers hold exactly the weights the frozen
+    extractor uses; the tap's map of an image, fed through it and average-pooled, gives that
+    image's pooled feature.
+    """
+    import keras
+
+    from lusfeat.backbones import checked_base
+
+    point = get_tap(spec.name, tap)
+    base, _ = checked_base(spec, source, input_size, "float32")
+    return keras.Model(tap_tensor(base, point), base.output, name=f"{spec.name}_after_{tap}")
+
+
+def maps_source(spec, source, tap: str, config, batch_size: int):
+    """Stage one's feature source of the ``tap`` maps (TensorFlow; the file's map shape comes from the network)."""
+    from lusfeat.embed import FeatureSource
+    from lusfeat.engines import Embedder
+
+    model = build_tap_extractor(spec, source, tap, config.input_size, config.precision)
+    return FeatureSource(f"{spec.name}-{tap}", tuple(model.output_shape[1:]), lambda: Embedder(model, batch_size))
 
 
 def as_map_copies(X) -> np.ndarray:
@@ -113,7 +211,7 @@ class TopBlockFineTuner(ClassifierMixin, BaseEstimator):
 
     def build_block(self):
         """The ImageNet block after ``tap`` (a fresh Keras model, untrained here)."""
-        from lusfeat.backbones import build_top_block, get_spec, resolve_weights
+        from lusfeat.backbones import get_spec, resolve_weights
 
         spec = get_spec(self.backbone)
         return build_top_block(spec, resolve_weights(spec, self.weights), self.tap, self.input_size)
@@ -206,3 +304,56 @@ def _train_step(block, head, block_optimizer, head_optimizer):
         return tf.stack([loss, tf.reduce_sum(correct * real)])
 
     return step
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lusfeat.cli import add_frame_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m lusfeat.experiments.finetune",
+                                     description="store a backbone's intermediate activation maps for fine-tuning")
+    add_frame_arguments(parser)
+    parser.add_argument("--backbone", default="xception", help="one backbone with taps (default: %(default)s)")
+    parser.add_argument("--tap", default="middle", help="xception: middle = middle-flow output, 19x19x728 at 299 px; "
+                        "block13 = block13 output, 10x10x1024 (default: %(default)s)")
+    parser.add_argument("--weights", default="imagenet", help="as for lusfeat.extract")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="TensorFlow compute type")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored type (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
+    parser.add_argument("--out", default="features", help="output folder of <backbone>-<tap>.h5 (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``OUT/<backbone>-<tap>.h5``: the maps of every frame and copy, by stage one's loop and :func:`maps_source`."""
+    from lusfeat.augment import AugmentParams
+    from lusfeat.backbones import get_spec, resolve_weights
+    from lusfeat.cli import start
+    from lusfeat.embed import block_frames, compute_record, make_config, plan_frames, write_features
+    from lusfeat.manifest import file_sha256, read_manifest
+
+    args = build_parser().parse_args(argv)
+    start()
+    try:
+        spec = get_spec(args.backbone)
+        tap = get_tap(spec.name, args.tap)
+        source = resolve_weights(spec, args.weights)
+        frames = plan_frames(read_manifest(args.manifest, args.data_root, check_readable=False), args.frame_step)
+        pooled = make_config(spec, source, input_size=None, dtype=args.dtype, augment_copies=args.augment_copies,
+                             params=AugmentParams(), seed=args.seed, frame_step=args.frame_step,
+                             manifest_sha256=file_sha256(args.manifest), precision=args.precision)
+        config = dataclasses.replace(pooled, source=tap.name, pooling="none", feature_dim=tap.channels)
+        feature_source = maps_source(spec, source, tap.name, config, args.batch_size)
+        summary = write_features(frames, config, Path(args.out) / f"{feature_source.name}.h5", feature_source,
+                                 weights_source=source.description, block=block_frames(config.copies, args.batch_size),
+                                 overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size,
+                                 record=compute_record(args.batch_size))
+        print(summary.line())
+    except LusfeatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
-    from lusfeat.embed import plan_frames, write_features
+    from lusfeat.embed import FeatureSource, plan_frames, write_features
     from lusfeat.manifest import file_sha256, read_manifest
     from lusfeat.store import ExtractionConfig
 
@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             frame_step=args.frame_step, manifest_sha256=file_sha256(args.manifest), pooling="none",
         )
         summary = write_features(
-            frames, config, Path(args.out) / f"{BACKBONE_NAME}.h5", lambda: images_signal, name=BACKBONE_NAME,
+            frames, config, Path(args.out) / f"{BACKBONE_NAME}.h5",
+            FeatureSource(BACKBONE_NAME, (len(SIGNAL_NAMES),), lambda: images_signal),
             weights_source=f"hand-made signal v{SIGNAL_VERSION}: {', '.join(SIGNAL_NAMES)}", overwrite=args.overwrite)
         print(summary.line())
     except LusfeatError as error:

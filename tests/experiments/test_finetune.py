@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lusfeat.errors import LusfeatError
-from lusfeat.experiments.finetune import TopBlockFineTuner, pooled_top_features
+from lusfeat.experiments.finetune import TAPS, TopBlockFineTuner, get_tap, pooled_top_features
 
 pytestmark = [pytest.mark.experiments, pytest.mark.slow]  # each test needs Xception tap maps
 
@@ -17,7 +17,9 @@ VIDEOS = ["patient_10_L1", "patient_9_L1"]  # scores 0 and 3
 @pytest.fixture(scope="module")
 def xception_files(blues_manifest: pd.DataFrame, data_root: Path, weights_dir: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Pooled features and block13 / middle maps of the same 4 real frames x 2 copies, all by lusfeat.extract."""
+    """Pooled features (lusfeat.extract) and block13 / middle maps (this experiment's feature source, through stage
+    one's loop) of the same 4 real frames x 2 copies."""
+    from lusfeat.experiments.finetune import main as maps
     from lusfeat.extract import main as extract
 
     if not (weights_dir / "xception_imagenet_notop.weights.h5").is_file():
@@ -28,8 +30,10 @@ def xception_files(blues_manifest: pd.DataFrame, data_root: Path, weights_dir: P
     common = ["--manifest", str(manifest), "--data-root", str(data_root), "--backbone", "xception",
               "--weights", str(weights_dir), "--frame-step", "60", "--augment-copies", "1", "--batch-size", "8",
               "--out", str(folder), "--no-progress"]
-    for tap in ("", "block13", "middle"):
-        assert extract([*common, *(["--tap", tap] if tap else [])]) == 0
+    assert extract(common) == 0
+    for tap in ("block13", "middle"):
+        assert maps([*common, "--tap", tap]) == 0
+    assert maps([*common, "--tap", "middle"]) == 0  # a second run: up to date
     return {"pooled": folder / "xception.h5", "block13": folder / "xception-block13.h5",
             "middle": folder / "xception-middle.h5"}
 
@@ -40,7 +44,7 @@ def test_top_block_of_cached_maps_gives_the_extracted_pooled_features(xception_f
     from lusfeat.store import load_features, load_maps
 
     pooled = load_features(xception_files["pooled"])
-    maps = load_maps(xception_files[tap], tap=tap)
+    maps = load_maps(xception_files[tap], source=tap)
     assert maps.maps.dtype == np.float16 and maps.frames.equals(pooled.frames)
     block = TopBlockFineTuner(tap=tap, weights=str(weights_dir)).build_block()
     for copy in range(2):
@@ -83,9 +87,26 @@ def test_wrong_maps_and_options_are_clear_errors(xception_files, weights_dir):
         TopBlockFineTuner(tap="block12", weights=str(weights_dir)).build_block()
     with pytest.raises(NotFittedError):
         TopBlockFineTuner().predict_proba(middle)
-    with pytest.raises(LusfeatError, match="holds the 'middle' tap, not 'block13'"):
-        load_maps(xception_files["middle"], tap="block13")
-    with pytest.raises(LusfeatError, match="holds pooled features, not activation maps"):
+    with pytest.raises(LusfeatError, match="holds the 'middle' maps, not 'block13'"):
+        load_maps(xception_files["middle"], source="block13")
+    with pytest.raises(LusfeatError, match="holds pooled features, not maps"):
         load_maps(xception_files["pooled"])
-    with pytest.raises(LusfeatError, match="activation maps, not pooled features"):
+    with pytest.raises(LusfeatError, match="'block13' maps, not pooled features"):
         load_features(xception_files["block13"])
+
+
+def test_tap_registry_and_unknown_tap():
+    assert list(TAPS["xception"]) == ["middle", "block13"]
+    assert get_tap("xception", "middle").channels == 728 and get_tap("xception", "block13").layer == "block14_sepconv1"
+    with pytest.raises(LusfeatError, match="known taps of xception: middle, block13"):
+        get_tap("xception", "block4")
+    with pytest.raises(LusfeatError, match="known taps of vgg16: none"):
+        get_tap("vgg16", "middle")
+
+
+def test_maps_are_float16_and_their_file_names_its_source(xception_files):
+    from lusfeat.store import load_maps
+
+    maps = load_maps(xception_files["block13"], source="block13")
+    assert maps.maps.shape == (2, len(maps.frames), 10, 10, 1024) and maps.maps.dtype == np.float16
+    assert (maps.config.source, maps.config.pooling, maps.config.feature_dim) == ("block13", "none", 1024)

@@ -37,7 +37,7 @@ import pandas as pd
 from lusfeat.backbones import BackboneSpec, WeightsSource
 from lusfeat.embed import ExtractionSummary, extract_backbone
 from lusfeat.errors import LusfeatError
-from lusfeat.files import replace_atomically
+from lusfeat.files import make_folder, replace_atomically
 from lusfeat.integrity import CHECKSUM_ATTR, CHECKSUMS, check_complete, check_items, drop_cached_pages, has_checksums
 from lusfeat.store import (
     FEATURES,
@@ -360,7 +360,7 @@ def merge_shards(out_path: str | Path, shard_paths: list[str | Path] | None = No
         drop_cached_pages(target)  # read back from the disk, not from memory
         verify_file(target)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_path.parent)
     replace_atomically(out_path, write)
     return MergeSummary(out_path, total, len(shards), time.perf_counter() - began, "written", warnings)
 

@@ -187,3 +187,17 @@ def test_shards_benchmark_writes_a_complete_record(data_root: Path, weights_dir:
     assert positive(record["merge"][0]["seconds_per_10k_frames"])
     assert [row["machines"] for row in entry["estimate"]["machines"]] == [1, 4]
     assert entry["estimate"]["machines"][1]["speed_up"] > 1
+
+
+def test_integrity_benchmark_writes_a_complete_record(synthetic_features: Path, tmp_path: Path) -> None:
+    """The checksummed copy holds the given file's features bitwise; every time is measured."""
+    from benchmarks import integrity
+
+    out = tmp_path / "integrity.json"
+    assert integrity.main([str(synthetic_features), "--rounds", "2", "--work-dir", str(tmp_path / "work"),
+                           "--extraction-seconds", "100", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "integrity" and record["copy_bitwise_equal"] and record["shape"] == [3, 190, 256]
+    assert all(len(values) == 2 and all(positive(value) for value in values) for values in record["seconds"].values())
+    assert math.isfinite(record["write_cost_percent_of_extraction"]) and positive(record["crc_percent_of_load"])
+    assert integrity.main([str(tmp_path / "missing.h5"), "--out", str(out)]) == 1

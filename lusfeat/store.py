@@ -25,6 +25,7 @@ before the rename every item is read back against its checksum, and readers chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -249,7 +250,7 @@ class FeatureWriter:
         self.item_shape = tuple(item_shape) if item_shape is not None else (config.feature_dim,)
         self.dataset = MAPS if len(self.item_shape) > 1 else FEATURES
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        self.config = config
+        self.config, self.total = config, len(frames)
         self.frames_done = 0
         self.complete = False
         self._file: h5py.File | None = None
@@ -309,10 +310,8 @@ class FeatureWriter:
         if not differences and not _same_frames(_read_frames(handle["frames"]), frames):
             differences = ["the per-frame table (files, frame counts or labels changed)"]
         if differences:
-            raise LusfeatError(
-                f"{path} was made with other settings ({'; '.join(differences)}; file vs request). "
-                "It is kept as it is: choose another --out folder, or pass --overwrite to replace it"
-            )
+            raise LusfeatError(f"{path} was made with other settings ({'; '.join(differences)}; file vs request). "
+                               "It is kept as it is: choose another --out folder, or pass --overwrite to replace it")
 
     def _create(self, frames: pd.DataFrame, weights_source: str) -> h5py.File:
         """A new partial file, all of it allocated on the disk; on a failure none is left behind."""
@@ -327,7 +326,8 @@ class FeatureWriter:
             if os_errno(error) is None:
                 raise
             close_quietly(handle)
-            self.partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # it holds no frame; a folder gone read-only may keep it
+                self.partial.unlink(missing_ok=True)
             size = self.config.copies * len(frames) * (np.prod(self.item_shape) * np.dtype(self.config.dtype).itemsize + 4)
             raise write_failure(error, self.partial, f"then run the command again (its features take {size / 1e6:.3g} MB)") from error
         return handle
@@ -349,11 +349,6 @@ class FeatureWriter:
         for key, data in self.extra_datasets.items():
             handle.create_dataset(key, data=data)
 
-    def _resume_hint(self) -> str:
-        total = self._file[self.dataset].shape[1] if self._file is not None else "?"
-        return (f"then run the same command again: {self.partial.name} keeps the first {self.frames_done} of {total} "
-                "frames and the rerun goes on from there")
-
     def write(self, start: int, features: np.ndarray) -> None:
         """Store ``features`` ``(copies, n, dim)`` for frames ``start .. start+n`` (must follow on), and their checksums,
         on the disk before ``frames_done`` counts them; a failed write raises a :class:`LusfeatError`."""
@@ -374,7 +369,8 @@ class FeatureWriter:
             if os_errno(error) is None:
                 raise
             self._failed = True
-            raise write_failure(error, self.partial, self._resume_hint()) from error
+            raise write_failure(error, self.partial, f"then run the same command again: {self.partial.name} keeps the "
+                                f"first {self.frames_done} of {self.total} frames and the rerun goes on from there") from error
         self.frames_done = stop
 
     def finish(self) -> Path:
@@ -411,17 +407,16 @@ class FeatureWriter:
 
     def close(self) -> None:
         """Close the file; after a failed write, without raising again (the failure was reported)."""
-        if self._file is not None:
-            handle, self._file = self._file, None
-            if self._failed:
-                close_quietly(handle)
-                return
+        handle, self._file = self._file, None
+        if handle is not None and self._failed:
+            close_quietly(handle)
+        elif handle is not None:
             try:
                 handle.close()
             except (OSError, RuntimeError, ValueError) as error:
                 if os_errno(error) is None:
                     raise
-                raise write_failure(error, self.partial, self._resume_hint()) from error
+                raise write_failure(error, self.partial, "then run the same command again to resume it") from error
 
     def __enter__(self) -> FeatureWriter:
         return self

@@ -20,6 +20,8 @@ COMMANDS = ("extract", "fit", "predict", "report", "explain", "manifest")
 
 
 def run(argv: list[str]) -> int:
+    from lusfeat.manifest import resolve_data_root
+
     parser = argparse.ArgumentParser(prog="python -m lusfeat run", description="extract, fit --fold all, report")
     parser.add_argument("--manifest", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
     parser.add_argument("--data-root", default=None, help="folder the manifest's paths are relative to")
@@ -36,7 +38,8 @@ def run(argv: list[str]) -> int:
                      "--weights", args.weights, "--out", args.features]),
         ("fit", ["--fold", "all", "--features", f"{args.features}/{args.backbone}.h5", "--seed", args.seed,
                  "--out", args.runs]),
-        ("report", [args.runs]),
+        ("report", [args.runs, "--data-root", str(resolve_data_root(args.manifest, args.data_root)),
+                    "--weights", args.weights]),  # the heat maps read the videos
     ]
     for name, step_argv in steps:
         print(f"== python -m lusfeat.{name} {' '.join(step_argv)}", file=sys.stderr)

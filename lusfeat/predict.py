@@ -76,11 +76,13 @@ from lusfeat.errors import LusfeatError
 from lusfeat.files import make_folder, write_json, write_text
 from lusfeat.manifest import read_input
 from lusfeat.models.registry import MODELS
+from lusfeat.page.build import predict_page
 from lusfeat.runfolder import check_compatible, load_saved_model
 from lusfeat.scores import CLASSES, UNLABELLED
 from lusfeat.training import distribution_table
 
 log = logging.getLogger("lusfeat.predict")
+HEATMAPS = 1  # frames per video with a heat map on report.html (docs/cli.md: its cost)
 
 
 def _scores(row: pd.Series) -> dict:
@@ -127,17 +129,20 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
             data_root: str | os.PathLike | None = None, weights: str = "imagenet", frame_step: int | None = None,
             input_size: int | None = None, rule: str = "mode", scorer: str | None = None, batch_size: int = 32,
             coverage: float | None = None, progress: bool = True, strict: bool = False, engine: str | None = None,
-            precision: str | None = None) -> dict:
+            precision: str | None = None, heatmaps: int = HEATMAPS) -> dict:
     """Score INPUT with the model in ``model_dir``; write OUT/*.csv and predictions.json; return the JSON dict.
 
     Files that cannot be read are left out and listed (``not_scored``); with ``strict`` they are refused
     before any work. Raises :class:`LusfeatError` when no file can be scored. ``engine`` / ``precision``:
-    only the model's are accepted (``None``: the model's).
+    only the model's are accepted (``None``: the model's). ``heatmaps``: frames per video with a heat map on
+    ``OUT/report.html`` (0: none).
     """
     if rule not in RULES:
         raise LusfeatError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
     if coverage is not None and not 0 < coverage < 1:
         raise LusfeatError(f"--coverage {coverage}: give a share between 0 and 1, e.g. 0.9")
+    if heatmaps < 0:
+        raise LusfeatError(f"--heatmaps {heatmaps}: give a number of frames per video, 0 for none")
     out = Path(out)
     model = load_saved_model(model_dir)
     scorer = model.primary if scorer is None else scorer
@@ -200,7 +205,10 @@ def predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, *, out:
         "warnings": list(plan.warnings),
         "in_distribution": distribution_summary(videos, model),
     }
+    order = manifest["patient_id"].astype(str).drop_duplicates().tolist()
+    page = predict_page(result, table, model, scorer, frames, features, source, order, heatmaps, coverage)
     make_folder(out)
+    write_text(page, out / "report.html")
     if made_manifest is not None:
         write_text(made_manifest.to_csv(index=False), out / "input_manifest.csv")
     table.write(out / "frames.csv")
@@ -293,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="inference engine; only the model's is accepted (default: the model's, from model.json)")
     parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
                         help="backbone compute type; only the model's is accepted (default: the model's)")
+    parser.add_argument("--heatmaps", type=int, default=HEATMAPS, help="frames per video shown with their heat map "
+                        "on report.html, those that weigh most in its score (0: none; default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="network batch (default: %(default)s)")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -305,12 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         result = predict(args.model, args.input, out=args.out, data_root=args.data_root, weights=args.weights,
                          frame_step=args.frame_step, input_size=args.input_size, rule=args.rule, scorer=args.scorer,
                          batch_size=args.batch_size, coverage=args.coverage, progress=not args.no_progress,
-                         strict=args.strict, engine=args.engine, precision=args.precision)
+                         strict=args.strict, engine=args.engine, precision=args.precision,
+                         heatmaps=args.heatmaps)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'predictions.json'} and frames/videos/regions/patients/not_scored.csv")
+    print(f"wrote {Path(args.out) / 'report.html'}, predictions.json and frames/videos/regions/patients/not_scored.csv")
     return 0
 
 

@@ -10,8 +10,10 @@ frame metric table, ROC curves, confusion matrices, accuracy per region, region 
 score agreement, and the per-patient tables of the paper's Fig. 4 with agreement coloured;
 calibration (Brier score, ECE before and after, reliability diagrams) and the conformal score
 sets (coverage and size per video and region; each region's set in the patient tables), and
-whether a final model (``fit --final``) exists. Heat maps are not drawn here (they need the
-videos and the backbone): ``python -m lusfeat.explain`` makes them.
+whether a final model (``fit --final``) exists. Per fold, heat maps of a few held-out videos per
+true score (``--heatmaps``, right and wrong scores in turn): the frame that weighs most in the
+score, under its Grad-CAM map; they need the videos (``--data-root``), the feature file and the
+backbone's weights (``--weights``), and where one is missing the report says so and goes on.
 """
 
 from __future__ import annotations
@@ -32,9 +34,15 @@ from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.index import video_keys
+from lusfeat.manifest import DATA_ROOT_ENV
+from lusfeat.page.build import report_heatmaps
+from lusfeat.page.render import HELD_OUT_CSS
 from lusfeat.records import evaluate_model
 from lusfeat.runfolder import Run, Section, load_run, read_json
 from lusfeat.scores import CLASSES, UNLABELLED
+
+HEATMAPS = 2  # held-out videos per true score and fold with a heat map (one right, one wrong where there are)
+
 
 # --------------------------------------------------------------------------- numbers
 
@@ -111,6 +119,8 @@ figure{margin:0;flex:0 1 calc(50% - 6px);max-width:calc(50% - 6px)} figure img{w
 .card{border:1px solid #ccd;border-radius:4px;padding:6px 8px;flex:0 0 auto}
 .card table{margin:2px 0;font-size:12px} .card td,.card th{padding:2px 5px} .card h4{margin:2px 0 4px}
 nav ul{columns:3;font-size:13px}
+table{display:block;max-width:100%;overflow-x:auto} .card{max-width:100%;overflow-x:auto;box-sizing:border-box}
+@media (max-width:700px){body{margin:10px auto;padding:0 10px} figure{flex:1 1 100%;max-width:100%} nav ul{columns:1}}
 """
 
 
@@ -372,7 +382,7 @@ def _data_html(run: Run, rule: str) -> str:
     return f'<div class="box"><ul>{"".join(items)}</ul></div>'
 
 
-def build_html(run: Run, rule: str) -> str:
+def build_html(run: Run, rule: str, heatmaps: dict[str, str] | None = None) -> str:
     parts = [f"<h1>lusfeat report: {_esc(run.path.resolve().name)}</h1>",
              f'<p class="note">{_esc(run.path.resolve())} | made {time.strftime("%Y-%m-%d %H:%M")} | '
              f"backbones: {_esc(', '.join(run.sections))}</p>",
@@ -411,6 +421,11 @@ def build_html(run: Run, rule: str) -> str:
             parts += ["<h4>Metrics</h4>", _metrics_html(section), "<h4>Region and global agreement</h4>",
                       _agreement_text(section), "<h4>Calibration and score sets</h4>", _uncertainty_html(section),
                       _figures_html(section)]
+            if section.anchor in (heatmaps or {}):
+                parts += ["<h4>Heat maps of held-out videos: the frame that weighs most in each score</h4>",
+                          '<p class="note">Per true score, videos the model scored right and wrong in turn; left the '
+                          "frame, right its Grad-CAM map (red: pushes the score up). They show what the model uses, "
+                          "not what is clinically there.</p>", heatmaps[section.anchor]]
             if section.name == "pooled":
                 parts += ["<h4>Per-patient global scores (every patient, tested in its own fold)</h4>", _patient_summary_html(section)]
             else:
@@ -422,7 +437,8 @@ def build_html(run: Run, rule: str) -> str:
                           "last row sums the regions into the global score.</p>",
                           '<div class="cards">' + "".join(_patient_card(section, p) for p in patients) + "</div>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>lusfeat report {_esc(run.path.resolve().name)}</title><style>{CSS}</style></head><body>"
+            '<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>lusfeat report {_esc(run.path.resolve().name)}</title><style>{CSS}{HELD_OUT_CSS}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")
 
 
@@ -448,15 +464,19 @@ def build_markdown(run: Run, rule: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | os.PathLike, rule: str = "mode", out: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``summary.md``; return their paths."""
+def write_report(run_dir: str | os.PathLike, rule: str = "mode", out: str | os.PathLike | None = None, *,
+                 heatmaps: int = HEATMAPS, data_root: str | None = None, weights: str = "imagenet") -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.md``; return their paths. ``heatmaps``: held-out videos per true score
+    and fold with a heat map (0: none); ``data_root``: where the videos are (default: $LUSFEAT_DATA_ROOT)."""
     import matplotlib
 
     matplotlib.use("Agg")
     run = load_run(run_dir, rule)
     html_path = Path(out) if out else Path(run_dir) / "report.html"
     md_path = html_path.with_name("summary.md")
-    for path, text in ((html_path, build_html(run, rule)), (md_path, build_markdown(run, rule))):
+    root = data_root or os.environ.get(DATA_ROOT_ENV)
+    maps = report_heatmaps(run, heatmaps, root, weights) if heatmaps > 0 else None
+    for path, text in ((html_path, build_html(run, rule, maps)), (md_path, build_markdown(run, rule))):
         write_text(text, path)
     return html_path, md_path
 
@@ -468,11 +488,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="region score: mode = most frequent frame score, ties to the higher (paper); "
                              "mean_proba = argmax of mean frame probabilities (default: %(default)s)")
     parser.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html; summary.md beside it)")
+    parser.add_argument("--heatmaps", type=int, default=HEATMAPS, help="held-out videos per true score and fold shown "
+                        "with the heat map of the frame that weighs most (0: none; default: %(default)s)")
+    parser.add_argument("--data-root", default=None, help="folder the run's video paths are relative to, for the heat "
+                        "maps (default: $LUSFEAT_DATA_ROOT)")
+    parser.add_argument("--weights", default="imagenet", help="backbone weights the run's features were made with, "
+                        "for the heat maps (default: %(default)s)")
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
     start(args.verbose, tensorflow=False)
     try:
-        html_path, md_path = write_report(args.run_dir, args.rule, args.out)
+        html_path, md_path = write_report(args.run_dir, args.rule, args.out, heatmaps=args.heatmaps,
+                                          data_root=args.data_root, weights=args.weights)
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

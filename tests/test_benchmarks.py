@@ -201,3 +201,18 @@ def test_integrity_benchmark_writes_a_complete_record(synthetic_features: Path, 
     assert all(len(values) == 2 and all(positive(value) for value in values) for values in record["seconds"].values())
     assert math.isfinite(record["write_cost_percent_of_extraction"]) and positive(record["crc_percent_of_load"])
     assert integrity.main([str(tmp_path / "missing.h5"), "--out", str(out)]) == 1
+
+
+def test_page_heatmaps_benchmark_times_predict_with_and_without_maps(tiny_study_run: Path, tiny_study: dict,
+                                                                    tmp_path: Path, capsys) -> None:
+    from benchmarks import page_heatmaps
+
+    out = tmp_path / "page.json"
+    assert page_heatmaps.main([str(tiny_study["held_out"]), "--model", str(tiny_study_run / "mobilenet" / "fold1"),
+                               "--data-root", str(tiny_study["root"]), "--weights", str(tiny_study["weights"]),
+                               "--counts", "1,2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [run["heatmaps"] for run in record["runs"]] == [0, 1, 2]
+    assert all(positive(run["wall_s"]) and run["videos"] == 2 for run in record["runs"])
+    assert record["runs"][0]["page_bytes"] < record["runs"][1]["page_bytes"] < record["runs"][2]["page_bytes"]
+    assert "wall s per video" in capsys.readouterr().out

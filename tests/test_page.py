@@ -60,6 +60,23 @@ def test_the_page_says_everything_in_input_order_from_plain_data():
     assert "openvino float32" in text and "final model, trained on all 63 patients" in text
     # self-contained: no script, no address outside the page
     assert "<script" not in text and not re.search(r"(src|href)=\"(?!data:|#)", text)
+    # a batch opens with one line per patient, linked to its section
+    assert '<a href="#patient-A-7">A-7</a></td><td>2 of 3</td><td>1-3</td>' in text
+    assert '<a href="#patient-9">9</a></td><td>none</td><td></td><td>1 not scored</td>' in text
+    assert 'id="patient-A-7"' in text
+
+
+def test_the_bar_of_a_model_without_the_median_rule_has_no_50_percent_line():
+    from lusfeat.page.render import bar_svg
+
+    page = made_up_page()
+    for patient in page.patients:
+        for region in patient.regions:
+            for clip in region.videos:
+                clip.rule = "most frequent"
+    text = html.unescape(render(page))
+    assert "<line" not in bar_svg([0.44, 0.29, 0.19, 0.08], 0, "most frequent")
+    assert "the median" not in text and "most frequent frame score" in text
 
 
 def test_the_median_mark_falls_in_the_scores_segment():

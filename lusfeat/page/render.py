@@ -39,7 +39,7 @@ figure{margin:6px 0 0} figure img{width:100%;max-width:420px;height:auto;display
 figcaption{font-size:12.5px;color:#3a444d}
 ul{padding-left:20px} li{margin:2px 0}
 table.facts{border-collapse:collapse;font-size:14px} table.facts td{padding:2px 10px 2px 0;vertical-align:top}
-table.facts td:first-child{color:#5b6670;white-space:nowrap}
+table.facts td:first-child{color:#5b6670;white-space:nowrap} table.batch tr:first-child td{color:#5b6670}
 .legend span{display:inline-block;margin:0 10px 4px 0;font-size:13px}
 """
 
@@ -183,9 +183,27 @@ def not_scored_html(rows: list[NotScored]) -> str:
     return f"<h3>Not scored</h3><ul>{items}</ul>"
 
 
+def anchor_of(patient: Patient) -> str:
+    return "patient-" + "".join(c if c.isalnum() else "-" for c in patient.patient_id)
+
+
+def batch_table(patients: list[Patient]) -> str:
+    """One line per patient, linking to its section: global score, the range its sets allow, warnings."""
+    rows = []
+    for patient in patients:
+        window = patient.global_range
+        warned = sum(1 for region in patient.regions for video in region.videos if video.warnings)
+        notes = ", ".join(filter(None, [f"{warned} video warning{'s' if warned != 1 else ''}" if warned else "",
+                                        f"{len(patient.not_scored)} not scored" if patient.not_scored else ""]))
+        score = f"{patient.global_score} of {patient.global_max}" if patient.regions else "none"
+        rows.append(f'<tr><td><a href="#{esc(anchor_of(patient))}">{esc(patient.patient_id)}</a></td><td>{score}</td>'
+                    f"<td>{'' if window is None else f'{window[0]}-{window[1]}'}</td><td>{esc(notes)}</td></tr>")
+    return ('<table class="facts batch"><tr><td>patient</td><td>global score</td><td>sets allow</td><td></td></tr>'
+            + "".join(rows) + "</table>")
+
+
 def patient_section(patient: Patient, facts: ModelFacts) -> str:
-    anchor = "patient-" + "".join(c if c.isalnum() else "-" for c in patient.patient_id)
-    parts = [f'<section id="{esc(anchor)}"><h2>Patient {esc(patient.patient_id)}</h2>']
+    parts = [f'<section id="{esc(anchor_of(patient))}"><h2>Patient {esc(patient.patient_id)}</h2>']
     if not patient.regions:
         parts.append('<p class="warn">Nothing of this patient could be scored.</p>')
         return "".join(parts) + not_scored_html(patient.not_scored) + "</section>"
@@ -253,9 +271,10 @@ def how_to_read(page: Page) -> str:
         items.append("<li><b>The bar</b> shows the mean probabilities of the video's frames; the score is their most "
                      "frequent frame score.</li>")
     if page.heatmaps_per_video:
-        items.append(f"<li><b>Heat maps</b>: for each video, the {page.heatmaps_per_video} frame"
-                     f"{'s' if page.heatmaps_per_video != 1 else ''} that push its score up most, with Grad-CAM over "
-                     "it (red: pushes the score up). They show what the model uses, which may be the probe's "
+        which = ("the frame that pushes" if page.heatmaps_per_video == 1
+                 else f"the {page.heatmaps_per_video} frames that push")
+        items.append(f"<li><b>Heat maps</b>: for each video, {which} its score up most, with its Grad-CAM map "
+                     "(right; red: pushes the score up). They show what the model uses, which may be the probe's "
                      "footprint or the image border, not what is clinically there.</li>")
     return f"<ul>{''.join(items)}</ul>"
 
@@ -269,6 +288,8 @@ def render(page: Page) -> str:
             f'<div class="box caution">{esc(what_scores_are(facts))}</div>',
             f'<div class="box">{facts_html(facts)}</div>', legend(), how_to_read(page)]
     body += [f'<div class="box caution">{esc(note)}</div>' for note in page.notes]
+    if len(page.patients) > 1:
+        body.append(f'<div class="box">{batch_table(page.patients)}</div>')
     body += [patient_section(patient, facts) for patient in page.patients]
     files = "".join(f'<li class="path">{esc(path)}</li>' for path in page.files)
     body.append(f"<h2>Files read</h2><p class=\"muted\">{len(page.files)} file(s), by their paths as given.</p>"

@@ -241,3 +241,20 @@ def test_the_fit_report_in_chromium(fit_report, tiny_study_run, width, tmp_path)
     captions = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<figcaption>(true .*?)</figcaption>", text)]
     assert len(captions) >= 3  # the heat maps' captions: true and predicted score of each
     assert_reads_well(fit_report, width, [f"Patient {p} (" for p in patients] + captions, tmp_path)
+
+
+def test_a_scorer_without_heat_maps_still_gets_its_page(tiny_study_run, tiny_study, tmp_path, monkeypatch):
+    from lusfeat.errors import LusfeatError
+    from lusfeat.page import thumbnails
+
+    def no_target(model):
+        raise LusfeatError("no heat maps for a TestModel: it has no Grad-CAM target")
+
+    monkeypatch.setattr(thumbnails, "target_function", no_target)
+    out = tmp_path / "out"
+    assert predict(["--model", str(tiny_study_run / "mobilenet" / "fold1"), str(tiny_study["held_out"]), "--data-root",
+                    str(tiny_study["root"]), "--weights", str(tiny_study["weights"]), "--out", str(out),
+                    "--no-progress"]) == 0
+    text = html.unescape((out / "report.html").read_text())
+    assert "No heat maps: no heat maps for a TestModel" in text and "data:image/jpeg" not in text
+    assert "Patient 7" in text and "<b>Heat maps</b>" not in text

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lusfeat.errors import LusfeatError
 from lusfeat.page.content import HeatMap, HeldOutMap, Page, from_predict, model_facts, read_json
 from lusfeat.page.render import render
 from lusfeat.page.thumbnails import video_heatmaps
@@ -47,8 +48,13 @@ def predict_page(result: dict, table: Predictions, model, scorer: str, frames: p
     ``frames``: the frame plan the ``features`` were made from (with each frame's ``file``), row for row."""
     chosen = coverage if coverage is not None else (result.get("uncertainty") or {}).get("coverage")
     facts = model_facts(Path(model.folder), model.info, model.extraction, scorer, chosen)
-    maps = predict_heatmaps(model, scorer, frames, features, source, heatmaps)
-    page: Page = from_predict(result, table, order, facts, maps, heatmaps)
+    try:
+        maps, missing = predict_heatmaps(model, scorer, frames, features, source, heatmaps), ""
+    except LusfeatError as error:  # e.g. a scorer without a Grad-CAM target: the scores stand without maps
+        log.warning("no heat maps on the page: %s", error)
+        maps, missing = {}, f"No heat maps: {error}"
+    page: Page = from_predict(result, table, order, facts, maps, heatmaps if not missing else 0)
+    page.notes += [missing] if missing else []
     return render(page)
 
 

@@ -54,21 +54,59 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Runs in the subprocess: the real command-line entry point, with its summary and peak RSS recorded.
 CHILD_CODE = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 began = time.perf_counter()
 from lusfeat import extract
-summaries, blocks = [], []
+summaries, blocks, named = [], [], {}
 original = extract.extract_backbone
+
+def cpu_seconds():
+    # CPU seconds of each thread of this process (utime + stime, /proc/self/task/*/stat)
+    ticks, out = os.sysconf("SC_CLK_TCK"), {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+def on_block(done, total):
+    # (clock, frames done) when the file opens and after each stored block: the steady-state rate;
+    # the threads' names, to tell the decoding thread in the CPU times
+    blocks.append((time.perf_counter(), done))
+    named.update({thread.native_id: thread.name for thread in threading.enumerate()})
+    if len(blocks) == 2:  # the end of the first block: CPU times of the steady state are counted from here
+        named["steady_from"] = cpu_seconds()
+
 def recording(*args, **kwargs):
-    # (clock, frames done) when the file opens and after each stored block: the steady-state rate
-    kwargs["on_block"] = lambda done, total: blocks.append((time.perf_counter(), done))
+    kwargs["on_block"] = on_block
     summary = original(*args, **kwargs)
     summaries.append(summary)
+    named["steady_to"] = cpu_seconds()
     return summary
 extract.extract_backbone = recording
+from lusfeat import embed
+original_spans = embed.iter_spans
+def timed_spans(*args, **kwargs):
+    # runs in the decoding thread: its CPU time, the whole run (the thread ends before the last blocks are stored)
+    start = time.thread_time()
+    try:
+        yield from original_spans(*args, **kwargs)
+    finally:
+        named["decode_cpu"] = time.thread_time() - start
+embed.iter_spans = timed_spans
 code = extract.main(sys.argv[2:])
 wall = time.perf_counter() - began
 s = summaries[0] if summaries else None
+threads = {}
+if "steady_from" in named and "steady_to" in named:
+    main_id = threading.main_thread().native_id
+    for tid, seconds in named["steady_to"].items():
+        if named.get(tid) != "lusfeat-decode":
+            role = "main" if tid == main_id else "engine and other"
+            threads[role] = threads.get(role, 0.0) + seconds - named["steady_from"].get(tid, 0.0)
+decode_cpu = named.get("decode_cpu")
 # VmHWM: the peak RSS of this process' own memory map. (ru_maxrss is not usable here: on Linux
 # it keeps the parent's RSS at fork/exec, so every child would report at least the parent's size.)
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -76,7 +114,7 @@ record = {"code": code, "wall_seconds": wall, "peak_rss_mb": peak_kb / 1024,
           "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "seconds": s.seconds if s else None, "frames": s.frames if s else None,
           "copies": s.copies if s else None, "computed_frames": s.computed_frames if s else None,
-          "blocks": blocks}
+          "blocks": blocks, "steady_cpu_seconds": threads, "decode_thread_cpu_seconds": decode_cpu}
 with open(sys.argv[1], "w") as handle:
     json.dump(record, handle)
 raise SystemExit(code)
@@ -272,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engines", default="all", help="all (every engine and precision that runs here), or "
                         "ENGINE:PRECISION,... e.g. tensorflow:float32,openvino:int8 (default: %(default)s)")
     parser.add_argument("--no-bfloat16", action="store_true", help="skip bfloat16 (slow where it is emulated)")
+    parser.add_argument("--no-predict", action="store_true", help="skip timing TensorFlow's model.predict (two passes "
+                        "of the slowest engine)")
     parser.add_argument("--seed", type=int, default=0, help="video choice and augmentation seed")
     parser.add_argument("--work-dir", default=None, help="scratch folder for manifests and features (default: a temp dir)")
     parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
@@ -294,11 +334,13 @@ def measure_backbone(name: str, spec, args: argparse.Namespace, data_root: str, 
         calibration = calibration_for(frames, spec, args) if precision == "int8" else None
         tf32 = (engine, precision) == ("tensorflow", "float32")
         print(f"[{name}] {label}: bare call (before)", file=sys.stderr)
-        before = bare_throughput(spec, source, images, args, engine, precision, calibration, predict=tf32)
+        before = bare_throughput(spec, source, images, args, engine, precision, calibration,
+                                 predict=tf32 and not args.no_predict)
         print(f"[{name}] {label}: lusfeat.extract subprocess", file=sys.stderr)
         extraction = run_extraction_subprocess(small, data_root, name, args.weights, args, work, engine, precision)
         print(f"[{name}] {label}: bare call (after)", file=sys.stderr)
-        after = bare_throughput(spec, source, images, args, engine, precision, calibration, predict=tf32)
+        after = bare_throughput(spec, source, images, args, engine, precision, calibration,
+                                predict=tf32 and not args.no_predict)
         features = before.pop("features")
         after.pop("features")
         if reference is None and tf32:
@@ -310,7 +352,7 @@ def measure_backbone(name: str, spec, args: argparse.Namespace, data_root: str, 
                                   "extract_over_bare": extraction["images_per_second"] / bare,
                                   "steady_extract_over_bare": steady / bare if steady else None,
                                   "fidelity": fidelity(features, reference) if reference is not None else None}
-        if tf32:
+        if "predict_images_per_second" in before:
             record["bare_predict_images_per_second"] = (before["predict_images_per_second"]
                                                         + after["predict_images_per_second"]) / 2
         entry["engines"][label] = record
@@ -369,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_tables(record: dict[str, Any]) -> str:
-    rows, predict_rows, memory_rows, decoding_rows = [], [], [], []
+    rows, predict_rows, memory_rows, decoding_rows, cpu_rows = [], [], [], [], []
     for name, entry in record["backbones"].items():
         for label, engine in entry["engines"].items():
             extraction = engine["extraction_n"]
@@ -380,6 +422,16 @@ def render_tables(record: dict[str, Any]) -> str:
                          f"{100 * engine['extract_over_bare']:.0f}%",
                          f"{100 * steady:.0f}%" if steady else "n/a (1 block)", extraction.get("steady_images", 0),
                          f"{close['cosine_mean']:.5f}" if close else "-", f"{close['cosine_min']:.5f}" if close else "-"])
+            threads = extraction.get("steady_cpu_seconds") or {}
+            done = extraction["blocks"][-1][1] - extraction["blocks"][1][1] if len(extraction["blocks"]) > 2 else 0
+            if threads and done:
+                per_image = 1000 / (done * extraction["copies"])
+                wall = extraction["blocks"][-1][0] - extraction["blocks"][1][0]
+                decode = extraction.get("decode_thread_cpu_seconds") or 0.0
+                cpu_rows.append([name, *label.split(":"), wall * per_image,
+                                 threads.get("engine and other", 0.0) * per_image,
+                                 1000 * decode / (extraction["computed_frames"] * extraction["copies"]),
+                                 threads.get("main", 0.0) * per_image])
             if "bare_predict_images_per_second" in engine:
                 predict_rows.append([name, f"{extraction['frames']} x {extraction['copies']}",
                                      engine["bare_predict_images_per_second"], engine["bare_images_per_second"],
@@ -396,6 +448,9 @@ def render_tables(record: dict[str, Any]) -> str:
                            "cosine min"], rows)]
     if record.get("skipped"):
         parts.append("skipped: " + "; ".join(f"{key} ({why})" for key, why in record["skipped"].items()))
+    if cpu_rows:
+        parts.append(format_table(["backbone", "engine", "precision", "steady wall ms/img", "CPU ms/img: engine+other "
+                                   "threads", "decoding thread (whole run)", "main thread (batches, HDF5)"], cpu_rows))
     parts.append(format_table(["backbone", "frames x copies", "TF model.predict img/s", "TF compiled img/s",
                                "lusfeat.extract img/s"], predict_rows))
     parts.append(format_table(["backbone", "px", "decode+resize+augment alone img/s", "ms per frame (all copies)"],

@@ -105,6 +105,7 @@ def test_extract_throughput_writes_a_complete_record(data_root: Path, weights_di
         assert stamps[0][1] == 0 and stamps[-1][1] == engine["extraction_n"]["frames"] and len(stamps) == 2
         assert engine["extraction_n"]["steady_images_per_second"] is None  # one block: no steady state
         assert engine["extraction_n"]["steady_images"] == 0
+        assert positive(engine["extraction_n"]["decode_thread_cpu_seconds"])  # the decoding thread's own CPU time
         assert 0 < engine["fidelity"]["cosine_mean"] <= 1 + 1e-6
     assert entry["extraction_4n"]["code"] == 0
     assert entry["extraction_4n"]["frames"] > reference["extraction_n"]["frames"]

@@ -258,3 +258,35 @@ def test_a_scorer_without_heat_maps_still_gets_its_page(tiny_study_run, tiny_stu
     text = html.unescape((out / "report.html").read_text())
     assert "No heat maps: no heat maps for a TestModel" in text and "data:image/jpeg" not in text
     assert "Patient 7" in text and "<b>Heat maps</b>" not in text
+
+
+# --------------------------------------------------------------------------- nothing that identifies a person
+
+
+def test_no_dicom_identifier_reaches_the_page(tiny_study_run, tiny_study, tmp_path):
+    pytest.importorskip("pydicom", reason="DICOM support is an optional extra: pip install 'lusfeat[dicom]'")
+    from conftest import SECRET_PATIENT, cut_file, dicom_dataset, moving_frames, write_video
+
+    folder = tmp_path / "31"  # the patient id is the folder's name
+    folder.mkdir()
+    dicom_dataset(moving_frames(8, seed=1)).save_as(folder / "L1.dcm", enforce_file_format=True)
+    dicom_dataset(moving_frames(8, seed=2)).save_as(folder / "R2", enforce_file_format=True)  # as archives name them
+    whole = write_video(tmp_path / "whole.mp4", moving_frames(60, 96, 96), "libx264", options={"g": "12"},
+                        container_options={"movflags": "faststart"})
+    cut_file(whole, folder / "L3.mp4", 0.8)  # and a stream that ends early
+    out = tmp_path / "out"
+    assert predict(["--model", str(tiny_study_run / "mobilenet" / "fold1"), str(folder), "--weights",
+                    str(tiny_study["weights"]), "--out", str(out), "--no-progress"]) == 0
+    page = html.unescape((out / "report.html").read_text())
+    secrets = [*SECRET_PATIENT.values(), "Doe", "Jane", "Nowhere"]
+    assert [s for s in secrets if s in page] == []
+    for written in out.iterdir():  # nor any other file predict writes
+        assert [s for s in secrets if s in written.read_text(errors="replace")] == [], written.name
+    assert "Patient 31" in page
+    assert "Warning</b>: unlike the videos the model was trained on" in page  # moving discs are no lung videos
+    listed = re.findall(r'<li class="path">([^<]*)</li>', page)
+    assert sorted(listed) == ["L1.dcm", "L3.mp4", "R2"]  # the files read, by their paths as given (in the folder)
+    start = page.index('<div class="path">L3.mp4</div>')
+    card = page[start:page.index('<div class="card">', start) if '<div class="card">' in page[start:] else None]
+    assert re.search(r"Warning</b>: frames are missing: its container announces 60 frames but \d+ decode \(the stream "
+                     r"ends early\)", card)

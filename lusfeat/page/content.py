@@ -138,7 +138,7 @@ class Page:
 
 def short_stream_words(message: str) -> str:
     """``embed.short_stream_warning``'s message without its path (the card names the file)."""
-    return "the stream ended early, frames are missing: " + message.split(": ", 1)[-1]
+    return "frames are missing: " + message.split(": ", 1)[-1]
 
 
 def distribution_words(distance: float | None, threshold: float | None) -> str:

@@ -341,32 +341,27 @@ def block_frames(copies: int, batch_size: int) -> int:
     return max(CHUNK_FRAMES, batch_size) if copies == 1 else CHUNK_FRAMES
 
 
-def extract_backbone(
-    frames: pd.DataFrame,
-    spec: BackboneSpec,
-    source: WeightsSource,
-    config: ExtractionConfig,
-    out_path: Path,
-    *,
-    batch_size: int = 32,
-    overwrite: bool = False,
-    progress: bool = True,
-    rows: np.ndarray | None = None,
-    record: dict[str, Any] | None = None,
-    must_match: dict[str, Any] | None = None,
-    extra_datasets: dict[str, np.ndarray] | None = None,
-    on_block: Callable[[int, int], None] | None = None,
-) -> ExtractionSummary:
-    """Write (or resume, or confirm) the feature file of one backbone.
+def extract_source(frames: pd.DataFrame, config: ExtractionConfig, out_path: Path, feature_source: FeatureSource,
+                   weights: WeightsSource, *, batch_size: int = 32, overwrite: bool = False, progress: bool = True,
+                   rows: np.ndarray | None = None, record: dict[str, Any] | None = None,
+                   must_match: dict[str, Any] | None = None, extra_datasets: dict[str, np.ndarray] | None = None,
+                   on_block: Callable[[int, int], None] | None = None) -> ExtractionSummary:
+    """Write (or resume, or confirm) the feature file of ``feature_source`` run on a backbone of ``weights``, as stage
+    one writes every backbone's: whole batches per block, and the file records ``batch_size`` and TensorFlow's thread
+    count (:func:`compute_record`). With ``rows`` only those frames of ``frames`` (a shard), computed in the batches
+    of a whole run."""
+    return write_features(frames, config, out_path, feature_source, weights_source=weights.description,
+                          block=block_frames(config.copies, batch_size), overwrite=overwrite, progress=progress,
+                          rows=rows, batch_size=batch_size, record={**compute_record(batch_size), **(record or {})},
+                          must_match=must_match, extra_datasets=extra_datasets, on_block=on_block)
 
-    With ``rows`` only those frames of ``frames`` (a shard), computed in the batches of a whole run.
-    The file records ``batch_size`` and TensorFlow's thread count (:func:`compute_record`).
-    """
-    return write_features(frames, config, out_path, backbone_source(frames, spec, source, config, batch_size),
-                          weights_source=source.description, block=block_frames(config.copies, batch_size),
-                          overwrite=overwrite, progress=progress, rows=rows, batch_size=batch_size,
-                          record={**compute_record(batch_size), **(record or {})}, must_match=must_match,
-                          extra_datasets=extra_datasets, on_block=on_block)
+
+def extract_backbone(frames: pd.DataFrame, spec: BackboneSpec, source: WeightsSource, config: ExtractionConfig,
+                     out_path: Path, *, batch_size: int = 32, **options: Any) -> ExtractionSummary:
+    """Write (or resume, or confirm) the feature file of one backbone: :func:`extract_source` of its
+    :func:`backbone_source` (``options``: those of :func:`extract_source`)."""
+    return extract_source(frames, config, out_path, backbone_source(frames, spec, source, config, batch_size), source,
+                          batch_size=batch_size, **options)
 
 
 TF_THREADS_ENV = "TF_NUM_INTRAOP_THREADS"

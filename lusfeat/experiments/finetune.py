@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
     from lusfeat.backbones import get_spec, resolve_weights
     from lusfeat.cli import start
-    from lusfeat.embed import block_frames, compute_record, make_config, plan_frames, write_features
+    from lusfeat.embed import extract_source, make_config, plan_frames
     from lusfeat.manifest import file_sha256, read_manifest
 
     args = build_parser().parse_args(argv)
@@ -344,10 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                              manifest_sha256=file_sha256(args.manifest), precision=args.precision)
         config = dataclasses.replace(pooled, source=tap.name, pooling="none", feature_dim=tap.channels)
         feature_source = maps_source(spec, source, tap.name, config, args.batch_size)
-        summary = write_features(frames, config, Path(args.out) / f"{feature_source.name}.h5", feature_source,
-                                 weights_source=source.description, block=block_frames(config.copies, args.batch_size),
-                                 overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size,
-                                 record=compute_record(args.batch_size))
+        summary = extract_source(frames, config, Path(args.out) / f"{feature_source.name}.h5", feature_source, source,
+                                 batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress)
         print(summary.line())
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from lusfeat.augment import AugmentParams
     from lusfeat.backbones import get_spec, resolve_weights
-    from lusfeat.embed import backbone_source, block_frames, compute_record, make_config, plan_frames, write_features
+    from lusfeat.embed import backbone_source, extract_source, make_config, plan_frames
     from lusfeat.manifest import file_sha256, read_manifest
 
     args = build_parser().parse_args(argv)
@@ -91,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(whole_frame, pooling=POOLING_TAG)
         # The backbone's own feature source, fed the crop instead of the whole frame.
         cropped = dataclasses.replace(backbone_source(frames, spec, source, config, args.batch_size), prepare=crop_lung)
-        summary = write_features(frames, config, Path(args.out) / f"{spec.name}.h5", cropped,
-                                 weights_source=source.description, block=block_frames(config.copies, args.batch_size),
-                                 overwrite=args.overwrite, batch_size=args.batch_size,
-                                 record=compute_record(args.batch_size))
+        summary = extract_source(frames, config, Path(args.out) / f"{spec.name}.h5", cropped, source,
+                                 batch_size=args.batch_size, overwrite=args.overwrite)
         print(summary.line())
     except LusfeatError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -33,7 +33,8 @@ def made_up_page() -> Page:
         Region("L1", 1, [video("L1", 1, (0.44, 0.29, 0.19, 0.08), (0, 1, 2),
                                heatmaps=[HeatMap(40, 0.31, PIXEL)])], [0, 1, 2]),
         Region("R3", 3, [video("R3", 3, (0.05, 0.1, 0.25, 0.6), (2, 3), in_distribution=False,
-                               warnings=["unlike the videos the model was trained on"])], [2, 3]),
+                               warnings=["unlike the videos the model was trained on"],
+                               heatmaps=[HeatMap(30, 0.0, PIXEL, upward=False)])], [2, 3]),
     ], [NotScored("videos/L2.mp4", "12", "L2", "no video stream (audio stream(s) only)")], true_global=5)
     other = Patient("A-7", [Region("LPL1", 2, [video("LPL1", 2, (0.1, 0.2, 0.4, 0.3), (1, 2, 3))], [1, 2, 3])])
     empty = Patient("9", [], [NotScored("9/L1.txt", "9", "L1", "cannot open as image or video")])
@@ -56,6 +57,8 @@ def test_the_page_says_everything_in_input_order_from_plain_data():
     assert "50%: the median, score 1" in text and "need not be the longest segment" in text
     assert "Warning</b>: unlike the videos" in text and "no video stream" in text
     assert "Nothing of this patient could be scored" in text
+    assert "frame 40: 31% of what pushes the score up" in text
+    assert "frame 30: no frame of this video pushes its score up; this one pulls it down least" in text
     assert "not a diagnosis" in text and "QWK 0.24" in text and "fitted 2026-12-07" in text
     assert "openvino float32" in text and "final model, trained on all 63 patients" in text
     # self-contained: no script, no address outside the page

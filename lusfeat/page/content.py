@@ -30,8 +30,9 @@ class HeatMap:
     """One frame of a video with its Grad-CAM overlay: ``image`` is a ``data:image/jpeg;base64,...`` URI."""
 
     frame_index: int
-    weight: float  # the frame's share of what pushes its video's score (gradient x features), 0-1 over the video
+    weight: float  # the frame's share of what pushes its video's score up (gradient x features), 0-1 over the video
     image: str
+    upward: bool = True  # False: no frame of the video pushes its score up, this one pulls it down least
 
 
 @dataclass

@@ -150,9 +150,11 @@ def video_card(region: str, video: Video, facts: ModelFacts) -> str:
              f'<div class="probs">{kind}: {probs}</div>']
     lines += [f'<div class="warn"><b>Warning</b>: {esc(text)}</div>' for text in video.warnings]
     for heat in video.heatmaps:
+        what = (f"{percent(heat.weight)} of what pushes the score up (right: red where it pushes)" if heat.upward else
+                "no frame of this video pushes its score up; this one pulls it down least (right: red where it "
+                "pushes up)")
         lines.append(f'<figure><img alt="frame {heat.frame_index} of {esc(video.video_id)} and its heat map" '
-                     f'src="{heat.image}"><figcaption>frame {heat.frame_index}: {percent(heat.weight)} of what pushes '
-                     "the score up (right: red where it pushes)</figcaption></figure>")
+                     f'src="{heat.image}"><figcaption>frame {heat.frame_index}: {what}</figcaption></figure>')
     return "".join(lines) + "</div>"
 
 
@@ -321,5 +323,7 @@ def held_out_html(maps: list[HeldOutMap], note: str = "") -> str:
                        f"true <b>{item.truth}</b>, scored <b style=\"color:{colour}\">{item.score}</b> ({verdict})"
                        + (f" set {esc(item.score_set)}" if item.score_set else "")
                        + f"; patient {esc(item.patient_id)} {esc(item.region)}, frame {item.heat.frame_index} "
-                       f"({percent(item.heat.weight)} of the upward push)</figcaption></figure>")
+                       + (f"({percent(item.heat.weight)} of the upward push)" if item.heat.upward
+                          else "(no frame pushes this score up: the one that pulls it down least)")
+                       + "</figcaption></figure>")
     return f'<div class="heat">{"".join(figures)}</div>'

@@ -97,5 +97,5 @@ def video_heatmaps(extractor, model, frames: pd.DataFrame, features: np.ndarray,
         frame_map = FrameMap(int(rows["frame_index"].iloc[k]), images[k], cams[k])
         maps.append(frame_map)
         share = float(max(weights[position], 0.0) / upward) if upward > 0 else 0.0
-        thumbs.append(HeatMap(frame_map.frame_index, share, overlay_uri(frame_map)))
+        thumbs.append(HeatMap(frame_map.frame_index, share, overlay_uri(frame_map), bool(weights[position] > 0)))
     return thumbs, maps

@@ -5,9 +5,9 @@ every fold but one (all cached copies), each with its calibration and score sets
 (:class:`~lusfeat.models.calibrated.Calibrated`, learned on the training patients only), fits the
 distribution check of the training videos, and scores the held-out fold (copy 0) into a
 :class:`~lusfeat.predictions.Predictions`. :func:`fit_final` trains on every patient.
-:func:`cross_validate` is the public cross-validation harness of the registered models (every
-fold, pooled); :func:`patient_splits` and :func:`held_out_predictions` the same for any estimator
-of the one signature (what ``benchmarks/`` run). :func:`predict_all` is the one way a set of
+The public cross-validation harness: :func:`fit_fold` for the registered models (``lusfeat.fit``
+runs it per fold), :func:`patient_splits` and :func:`held_out_predictions` for any estimator of
+the one signature (what ``benchmarks/`` run). :func:`predict_all` is the one way a set of
 fitted models scores frames, for fit, predict and explain alike.
 """
 
@@ -161,17 +161,6 @@ def fit_final(features: FeatureSet, params: FitParams) -> FoldResult:
     return FoldResult(fold="final", train_patients=patient_order(frames["patient_id"]), test_patients=[],
                       n_train_frames=len(frames), models=models, predictions=Predictions(no_test[FRAME_COLUMNS]),
                       distribution=distribution, test_videos=test_videos)
-
-
-def cross_validate(features: FeatureSet, folds: pd.DataFrame, params: FitParams,
-                   fold_numbers: list[int] | None = None) -> tuple[list[FoldResult], Predictions]:
-    """Every fold of ``folds`` (or those named) fitted and scored; ``(results, pooled predictions)``.
-
-    The public harness: each patient is scored once, by models trained without any of its frames.
-    """
-    numbers = sorted(set(folds["fold"])) if fold_numbers is None else fold_numbers
-    results = [fit_fold(features, folds, int(k), params) for k in numbers]
-    return results, Predictions.concat([result.predictions for result in results])
 
 
 def patient_splits(frames: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

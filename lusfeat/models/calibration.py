@@ -14,7 +14,7 @@ predictions (Guo et al., "On calibration of modern neural networks", ICML 2017).
 
 So calibration changes how sure the model says it is, never its scores, and QWK is unchanged.
 It takes and gives ``(n, 4)`` probabilities; ``fit`` takes held-out probabilities with their
-true scores (``lusfeat.posthoc`` makes them by an inner patient-level split of the training
+true scores (:mod:`lusfeat.models.calibrated` makes them by an inner patient-level split of the training
 patients).
 """
 

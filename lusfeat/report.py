@@ -10,10 +10,8 @@ frame metric table, ROC curves, confusion matrices, accuracy per region, region 
 score agreement, and the per-patient tables of the paper's Fig. 4 with agreement coloured;
 calibration (Brier score, ECE before and after, reliability diagrams) and the conformal score
 sets (coverage and size per video and region; each region's set in the patient tables), and
-whether a final model (``fit --final``) exists. Per fold, heat maps of a few held-out videos per
-true score (``--heatmaps``, right and wrong scores in turn): the frame that weighs most in the
-score, under its Grad-CAM map; they need the videos (``--data-root``), the feature file and the
-backbone's weights (``--weights``), and where one is missing the report says so and goes on.
+whether a final model (``fit --final``) exists. Per fold, heat maps of held-out videos per true
+score, scored right and wrong (``--heatmaps``; they need ``--data-root``: ``lusfeat.page``).
 """
 
 from __future__ import annotations
@@ -34,15 +32,11 @@ from lusfeat.cli import add_verbose_argument, start
 from lusfeat.errors import LusfeatError
 from lusfeat.files import write_text
 from lusfeat.index import video_keys
-from lusfeat.manifest import DATA_ROOT_ENV
-from lusfeat.page.build import report_heatmaps
+from lusfeat.page.build import HEATMAPS_PER_SCORE, report_heatmaps
 from lusfeat.page.render import HELD_OUT_CSS
 from lusfeat.records import evaluate_model
 from lusfeat.runfolder import Run, Section, load_run, read_json
 from lusfeat.scores import CLASSES, UNLABELLED
-
-HEATMAPS = 2  # held-out videos per true score and fold with a heat map (one right, one wrong where there are)
-
 
 # --------------------------------------------------------------------------- numbers
 
@@ -421,11 +415,7 @@ def build_html(run: Run, rule: str, heatmaps: dict[str, str] | None = None) -> s
             parts += ["<h4>Metrics</h4>", _metrics_html(section), "<h4>Region and global agreement</h4>",
                       _agreement_text(section), "<h4>Calibration and score sets</h4>", _uncertainty_html(section),
                       _figures_html(section)]
-            if section.anchor in (heatmaps or {}):
-                parts += ["<h4>Heat maps of held-out videos: the frame that weighs most in each score</h4>",
-                          '<p class="note">Per true score, videos the model scored right and wrong in turn; left the '
-                          "frame, right its Grad-CAM map (red: pushes the score up). They show what the model uses, "
-                          "not what is clinically there.</p>", heatmaps[section.anchor]]
+            parts += [(heatmaps or {}).get(section.anchor, "")]
             if section.name == "pooled":
                 parts += ["<h4>Per-patient global scores (every patient, tested in its own fold)</h4>", _patient_summary_html(section)]
             else:
@@ -465,17 +455,15 @@ def build_markdown(run: Run, rule: str) -> str:
 
 
 def write_report(run_dir: str | os.PathLike, rule: str = "mode", out: str | os.PathLike | None = None, *,
-                 heatmaps: int = HEATMAPS, data_root: str | None = None, weights: str = "imagenet") -> tuple[Path, Path]:
-    """Write ``report.html`` and ``summary.md``; return their paths. ``heatmaps``: held-out videos per true score
-    and fold with a heat map (0: none); ``data_root``: where the videos are (default: $LUSFEAT_DATA_ROOT)."""
+                 heatmaps: int = HEATMAPS_PER_SCORE, data_root: str | None = None, weights: str = "imagenet") -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.md``; return their paths (heat maps: ``lusfeat.page.build``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     run = load_run(run_dir, rule)
     html_path = Path(out) if out else Path(run_dir) / "report.html"
     md_path = html_path.with_name("summary.md")
-    root = data_root or os.environ.get(DATA_ROOT_ENV)
-    maps = report_heatmaps(run, heatmaps, root, weights) if heatmaps > 0 else None
+    maps = report_heatmaps(run, heatmaps, data_root, weights) if heatmaps > 0 else None
     for path, text in ((html_path, build_html(run, rule, maps)), (md_path, build_markdown(run, rule))):
         write_text(text, path)
     return html_path, md_path
@@ -488,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="region score: mode = most frequent frame score, ties to the higher (paper); "
                              "mean_proba = argmax of mean frame probabilities (default: %(default)s)")
     parser.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html; summary.md beside it)")
-    parser.add_argument("--heatmaps", type=int, default=HEATMAPS, help="held-out videos per true score and fold shown "
-                        "with the heat map of the frame that weighs most (0: none; default: %(default)s)")
+    parser.add_argument("--heatmaps", type=int, default=HEATMAPS_PER_SCORE, help="held-out videos per true score and "
+                        "fold shown with the heat map of the frame that weighs most (0: none; default: %(default)s)")
     parser.add_argument("--data-root", default=None, help="folder the run's video paths are relative to, for the heat "
                         "maps (default: $LUSFEAT_DATA_ROOT)")
     parser.add_argument("--weights", default="imagenet", help="backbone weights the run's features were made with, "

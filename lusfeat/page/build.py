@@ -4,6 +4,7 @@ held-out videos."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from itertools import zip_longest
@@ -19,6 +20,7 @@ from lusfeat.page.thumbnails import video_heatmaps
 from lusfeat.predictions import Predictions
 
 log = logging.getLogger("lusfeat.page")
+HEATMAPS_PER_SCORE = 2  # the fit report: held-out videos per true score and fold (one right, one wrong where there are)
 
 
 def predict_heatmaps(model, scorer: str, frames: pd.DataFrame, features: np.ndarray, source,
@@ -135,9 +137,12 @@ def held_out_heatmaps(fold_dir: Path, predictions: Predictions, data_root: Path 
 
 def report_heatmaps(run, per_score: int, data_root: str | None, weights: str) -> dict[str, str]:
     """Per fold section of a ``lusfeat.report`` run (``run.sections``: backbone -> sections with ``name``
-    "fold k", ``anchor`` and ``predictions``): section anchor -> the HTML of its held-out heat maps."""
+    "fold k", ``anchor`` and ``predictions``): section anchor -> the HTML of its held-out heat maps.
+    ``data_root``: where the run's videos are (default: $LUSFEAT_DATA_ROOT)."""
+    from lusfeat.manifest import DATA_ROOT_ENV
     from lusfeat.page.render import held_out_html
 
+    data_root = data_root or os.environ.get(DATA_ROOT_ENV)
     found, extractors = {}, {}
     for backbone, sections in run.sections.items():
         for section in (s for s in sections if re.fullmatch(r"fold \d+", s.name)):

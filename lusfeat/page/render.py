@@ -313,8 +313,12 @@ HELD_OUT_CSS = """
 
 def held_out_html(maps: list[HeldOutMap], note: str = "") -> str:
     """Thumbnails of held-out videos, grouped by true score: right (green) and wrong (red) scores side by side."""
+    head = ("<h4>Heat maps of held-out videos: the frame that weighs most in each score</h4>"
+            '<p class="note">Per true score, videos the model scored right and wrong in turn; left the frame, right '
+            "its Grad-CAM map (red: pushes the score up). They show what the model uses, not what is clinically "
+            "there.</p>")
     if not maps:
-        return f'<p class="note">{esc(note or "no heat maps")}</p>'
+        return head + f'<p class="note">{esc(note or "no heat maps")}</p>'
     figures = []
     for item in maps:
         verdict, colour = ("right", "#2e7d32") if item.score == item.truth else ("wrong", "#c62828")
@@ -326,4 +330,4 @@ def held_out_html(maps: list[HeldOutMap], note: str = "") -> str:
                        + (f"({percent(item.heat.weight)} of the upward push)" if item.heat.upward
                           else "(no frame pushes this score up: the one that pulls it down least)")
                        + "</figcaption></figure>")
-    return f'<div class="heat">{"".join(figures)}</div>'
+    return head + f'<div class="heat">{"".join(figures)}</div>'

@@ -88,7 +88,7 @@ class ModelSpec:
     link: str  # TemperatureScaling's link: "softmax" or "cumulative"
     per_video: bool  # answers one row per video: calibrated on one row per video, not per frame
     target: str  # what its heat map explains (the estimator's gradcam_target)
-    about: str  # one line for --help and the docs
+    about: str  # one line saying what it is (the docs, a reader of the registry)
     cross_check: str | None = None  # a model whose scores this one's are compared with (agreement, warnings)
 
 

@@ -423,6 +423,30 @@ SECRET_PATIENT = {"PatientName": "Doe^Jane", "PatientID": "SECRET-4711", "Patien
                   "StudyDate": "20240229", "AccessionNumber": "ACC-98765", "InstitutionName": "St Nowhere"}
 
 
+def leaked_identifiers(folder: Path) -> dict[str, list[str]]:
+    """Which of :data:`SECRET_PATIENT`'s values (and their name parts) each file in ``folder`` holds.
+
+    Embedded images (``data:...;base64,...``) are decoded and their bytes searched for the whole values
+    instead of their base64 text for every part: three letters such as "Doe" turn up by chance in 100 KB
+    of base64, while an image's metadata would carry the whole value.
+    """
+    import base64
+    import re
+
+    whole = list(SECRET_PATIENT.values())
+    parts = [*whole, *(part for value in whole for part in re.split(r"[\^ ]", value) if len(part) >= 3)]
+    payload = re.compile(r"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)")
+    leaks = {}
+    for path in sorted(folder.iterdir()):
+        text = path.read_text(errors="replace")
+        images = [base64.b64decode(found) for found in payload.findall(text)]
+        found = [s for s in parts if s in payload.sub("data:", text)]
+        found += [s for s in whole if any(s.encode() in image for image in images)]
+        if found:
+            leaks[path.name] = found
+    return leaks
+
+
 def dicom_dataset(frames, colour: str = "RGB", *, sop_class: str = "1.2.840.10008.5.1.4.1.1.3.1", bits: int = 8,
                   frame_time_ms: float | None = 40.0):
     """A pydicom data set of ``frames`` ((n, rows, cols[, 3]) pixel values as they are to be stored), uncompressed,

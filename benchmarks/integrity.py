@@ -1,6 +1,6 @@
 """What the integrity checks of feature files cost, on a real feature file.
 
-    python benchmarks/integrity.py FEATURES.h5 [--rounds 3] [--work-dir DIR] [--extraction-seconds S] [--out FILE|DIR]
+    python -m benchmarks.integrity FEATURES.h5 [--rounds 3] [--work-dir DIR] [--extraction-seconds S] [--out FILE|DIR]
 
 1. **Writing.** The features of FEATURES.h5 are written again, in 64-frame blocks as ``extract`` writes them,
    (a) through :class:`lusfeat.store.FeatureWriter` (CRC-32 per item, fsync per block, every item read back
@@ -31,10 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, format_table, machine_info, publish  # noqa: E402
-
-from lusfeat.errors import LusfeatError  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish
+from lusfeat.errors import LusfeatError
 
 
 def _timed(action) -> float:
@@ -152,7 +150,7 @@ def render(record: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/integrity.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.integrity", description=__doc__.split("\n\n")[0])
     parser.add_argument("features", help="a complete pooled feature file (<backbone>.h5)")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions, medians reported (default: %(default)s)")
     parser.add_argument("--work-dir", default=None, help="where the copies are written (default: a temporary folder)")

@@ -1,6 +1,6 @@
 """What the heat maps on predict's page cost: ``lusfeat.predict`` of the same input with 0, 1, 2, 3 heat maps per video.
 
-    python benchmarks/page_heatmaps.py --model RUN/<backbone>/final INPUT [--data-root DIR] [--counts 0,1,2,3]
+    python -m benchmarks.page_heatmaps --model RUN/<backbone>/final INPUT [--data-root DIR] [--counts 0,1,2,3]
         [--weights imagenet] [--out FILE|DIR]
 
 One process, one warm-up run first (``--heatmaps 0``, discarded: TensorFlow's and the engine's
@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import command_line, format_table, machine_info, publish  # noqa: E402
-from lusfeat.errors import LusfeatError  # noqa: E402
+from benchmarks._common import command_line, format_table, machine_info, publish
+from lusfeat.errors import LusfeatError
 
 
 def timed_predict(model: str, input_path: str, out: Path, count: int, data_root: str | None,

@@ -24,6 +24,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def write_fold(folder: Path, result: FoldResult, metrics: dict[str, Any], model:
     stale = {f"{name}{suffix}" for name in (*MODELS, DISTRIBUTION) for suffix in (".json", ".npz")}
     for name in (stale | set(FORMAT_1_FILES)) - set(files):
         (folder / name).unlink(missing_ok=True)
-    write_json({**model, "model_format": MODEL_FORMAT, "files": files}, folder / "model.json")
+    fitted = datetime.now(timezone.utc).isoformat(timespec="seconds")  # shown on predict's page
+    write_json({**model, "model_format": MODEL_FORMAT, "fitted": fitted, "files": files}, folder / "model.json")
 
 
 def write_pooled(folder: Path, predictions: Predictions, metrics: dict[str, Any]) -> None:

@@ -162,6 +162,8 @@ def test_predict_writes_a_page_of_every_patient_in_input_order(predicted, tiny_s
                 assert card.count("data:image/jpeg;base64,") == 2  # --heatmaps 2
     assert "R2.mp4</span> (region R2): " in text  # not scored, with the reason
     assert "fold 1, trained on 4 patients" in text
+    fitted = json.loads((tiny_study_run / "mobilenet" / "fold1" / "model.json").read_text())["fitted"]
+    assert f"fitted {fitted[:10]}" in text  # the date fit recorded, not a file's time
     pooled = json.loads((tiny_study_run / "mobilenet" / "pooled" / "metrics.json").read_text())
     assert f"QWK {pooled['video']['video']['qwk']:.2f} (video level, mobilenet cross-validation" in text
     assert f"held the expert's score for {100 * pooled['video']['sets']['video']['coverage']:.0f}% of held-out" in text

@@ -173,10 +173,7 @@ def model_facts(folder: Path, info: dict, extraction: Any, scorer: str, coverage
     block = metrics.get(scorer) or {}
     video = block.get("video") or {}
     sets = ((block.get("calibrated") and block.get("sets")) or block.get("sets") or {})
-    fitted = info.get("fitted") or info.get("created")
-    if not fitted:
-        stamp = (folder / "model.json").stat().st_mtime if (folder / "model.json").exists() else time.time()
-        fitted = time.strftime("%Y-%m-%d", time.gmtime(stamp))
+    fitted = info.get("fitted") or "not recorded"  # model.json records it from 2026-12-07
     return ModelFacts(
         folder=str(folder), backbone=extraction.backbone, engine=extraction.engine, precision=extraction.precision,
         fold="final" if fold == "final" else f"fold {fold}", scorer=scorer, fitted=str(fitted)[:10],

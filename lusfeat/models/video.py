@@ -137,16 +137,20 @@ class VideoPoolingClassifier(ClassifierMixin, BaseEstimator):
             return float(estimator.get_params()["C"]), {}
         video_fold = np.zeros(pooled.shape[1], dtype=np.int64)
         video_fold[inverse] = frame_fold
-        scores, held_out = {}, {}
-        for C in self.Cs:
-            predicted = np.zeros(len(video_scores), dtype=np.int64)
-            held_out[C] = np.zeros((len(video_scores), len(CLASSES)))
-            for fold in range(1, n_inner + 1):
-                train, test = video_fold != fold, video_fold == fold
-                inner = clone(estimator).set_params(C=C).fit(pooled[:, train], video_scores[train])
-                predicted[test] = inner.predict(pooled[:1, test])
+        predicted = {C: np.zeros(len(video_scores), dtype=np.int64) for C in self.Cs}
+        held_out = {C: np.zeros((len(video_scores), len(CLASSES))) for C in self.Cs}
+        for fold in range(1, n_inner + 1):
+            train, test = video_fold != fold, video_fold == fold
+            # fit_path (the ordinal model's): every C on the same rows, sharing what does not depend on C.
+            if hasattr(estimator, "fit_path"):
+                inners = estimator.fit_path(pooled[:, train], video_scores[train], self.Cs)
+            else:
+                inners = [clone(estimator).set_params(C=C).fit(pooled[:, train], video_scores[train]) for C in self.Cs]
+            for C, inner in zip(self.Cs, inners, strict=True):
+                predicted[C][test] = inner.predict(pooled[:1, test])
                 held_out[C][test] = inner.predict_proba(pooled[:1, test])
-            scores[str(C)] = float(cohen_kappa_score(video_scores, predicted, weights="quadratic", labels=CLASSES))
+        scores = {str(C): float(cohen_kappa_score(video_scores, predicted[C], weights="quadratic", labels=CLASSES))
+                  for C in self.Cs}
         best = max(self.Cs, key=lambda C: (scores[str(C)], -C))
         # The inner models at the chosen C are what a refit of fixed_clone() on the same inner split trains, to the
         # bit (the same pooled rows in the same order): their held-out answers, per frame, spare that refit

@@ -87,3 +87,37 @@ def test_bad_parameters_and_inputs_are_refused() -> None:
         OrdinalLogisticRegression().fit(X, y + 1)
     with pytest.raises(ValueError, match="features"):
         OrdinalLogisticRegression().fit(X, y).predict(X[:, :3])
+
+
+def wide_data(n: int = 60, dim: int = 300, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """More features than rows, as the video model's pooled rows (720 x 6,144): the fit runs in the row space."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim))
+    latent = X[:, :3] @ np.array([1.5, -1.0, 0.5]) + rng.logistic(size=n)
+    return X, np.digitize(latent, [-1.5, 0.0, 1.5])
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_a_wide_fit_in_the_row_space_is_the_fit_in_all_the_features(C: float) -> None:
+    X, y = wide_data()
+    model = OrdinalLogisticRegression(C=C, class_weight="balanced", max_iter=2000)
+    fitted = clone(model).fit(X, y)
+    prepared = model._prepare(X, y)
+    assert prepared["back"] is not None and prepared["solved"].shape[1] < X.shape[1]
+    full = dict(prepared, solved=prepared["rows"], back=None,
+                start=np.concatenate([np.zeros(X.shape[1]), prepared["start"][-3:]]))
+    reference = clone(model)._solve(full, C)  # the same objective, L-BFGS over all 300 coefficients
+    assert fitted.converged_ and reference.converged_
+    np.testing.assert_allclose(fitted.predict_proba(X), reference.predict_proba(X), atol=1e-5)
+    np.testing.assert_allclose(fitted.thresholds_, reference.thresholds_, atol=1e-4)
+    np.testing.assert_allclose(fitted.coef_, reference.coef_, atol=1e-4 * np.abs(reference.coef_).max())
+
+
+def test_fit_path_is_one_fit_per_C_to_the_bit() -> None:
+    X, y = wide_data()
+    model = OrdinalLogisticRegression(class_weight="balanced")
+    Cs = (0.001, 0.1, 1.0)
+    for C, fitted in zip(Cs, model.fit_path(X, y, Cs), strict=True):
+        alone = clone(model).set_params(C=C).fit(X, y)
+        assert fitted.C == C
+        assert np.array_equal(fitted.coef_, alone.coef_) and np.array_equal(fitted.thresholds_, alone.thresholds_)

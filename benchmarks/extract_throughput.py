@@ -427,11 +427,11 @@ def render_tables(record: dict[str, Any]) -> str:
             if threads and done:
                 per_image = 1000 / (done * extraction["copies"])
                 wall = extraction["blocks"][-1][0] - extraction["blocks"][1][0]
-                decode = extraction.get("decode_thread_cpu_seconds") or 0.0
-                cpu_rows.append([name, *label.split(":"), wall * per_image,
-                                 threads.get("engine and other", 0.0) * per_image,
-                                 1000 * decode / (extraction["computed_frames"] * extraction["copies"]),
-                                 threads.get("main", 0.0) * per_image])
+                decode = 1000 * (extraction.get("decode_thread_cpu_seconds") or 0.0) / (
+                    extraction["computed_frames"] * extraction["copies"])
+                network = (threads.get("engine and other", 0.0) + threads.get("main", 0.0)) * per_image
+                cpu_rows.append([name, *label.split(":"), wall * per_image, network, decode,
+                                 f"{100 * decode / (network + decode):.1f}%", (network + decode) / (wall * per_image)])
             if "bare_predict_images_per_second" in engine:
                 predict_rows.append([name, f"{extraction['frames']} x {extraction['copies']}",
                                      engine["bare_predict_images_per_second"], engine["bare_images_per_second"],
@@ -449,8 +449,9 @@ def render_tables(record: dict[str, Any]) -> str:
     if record.get("skipped"):
         parts.append("skipped: " + "; ".join(f"{key} ({why})" for key, why in record["skipped"].items()))
     if cpu_rows:
-        parts.append(format_table(["backbone", "engine", "precision", "steady wall ms/img", "CPU ms/img: engine+other "
-                                   "threads", "decoding thread (whole run)", "main thread (batches, HDF5)"], cpu_rows))
+        parts.append(format_table(["backbone", "engine", "precision", "steady wall ms/img", "CPU ms/img: main and "
+                                   "engine threads (inference, batches, HDF5)", "decoding thread (decode, resize, "
+                                   "augment; whole run)", "decoding's share", "cores busy"], cpu_rows))
     parts.append(format_table(["backbone", "frames x copies", "TF model.predict img/s", "TF compiled img/s",
                                "lusfeat.extract img/s"], predict_rows))
     parts.append(format_table(["backbone", "px", "decode+resize+augment alone img/s", "ms per frame (all copies)"],

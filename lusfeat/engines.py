@@ -142,22 +142,45 @@ def cache_root() -> Path:
     return Path(base) / "lusfeat"
 
 
-def native_bfloat16() -> tuple[bool, str]:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and the evidence."""
+CPU_KINDS = {  # kind: what it is, the CPU flag that shows it (first match wins, in this order)
+    "amx": ("AMX (amx_bf16: bfloat16 and int8 tile units, e.g. Xeon Sapphire Rapids and later)", "amx_bf16"),
+    "avx512_bf16": ("AVX-512 BF16 without AMX (e.g. AMD EPYC Zen 4, Xeon Cooper Lake)", "avx512_bf16"),
+    "avx2": ("no native bfloat16 (AVX2 or older)", ""),
+}
+
+
+def _cpu_flags() -> set[str] | None:
     try:
         for line in CPUINFO.read_text().splitlines():
             if line.startswith("flags"):
-                found = sorted({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
-                return (True, f"CPU flags {', '.join(found)}") if found else (False, "no avx512_bf16/amx_bf16 CPU flag")
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    try:  # not Linux: ask OpenVINO, if installed
+    return None
+
+
+def cpu_kind() -> tuple[str, str]:
+    """This CPU's kind (a key of :data:`CPU_KINDS`: ``amx``, ``avx512_bf16`` or ``avx2``) and the evidence."""
+    flags = _cpu_flags()
+    if flags is not None:
+        for kind, (_, flag) in CPU_KINDS.items():
+            if flag and flag in flags:
+                return kind, f"CPU flag {flag}"
+        return "avx2", "no avx512_bf16/amx_bf16 CPU flag"
+    try:  # not Linux: ask OpenVINO, if installed (it does not tell AMX apart)
         import openvino as ov
 
         capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        return ("BF16" in capabilities, f"OpenVINO CPU capabilities {', '.join(capabilities)}")
+        return ("avx512_bf16" if "BF16" in capabilities else "avx2",
+                f"OpenVINO CPU capabilities {', '.join(capabilities)}")
     except Exception:  # noqa: BLE001 - no OpenVINO, or no answer: assume not
-        return False, "CPU flags unknown"
+        return "avx2", "CPU flags unknown"
+
+
+def native_bfloat16() -> tuple[bool, str]:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and the evidence."""
+    kind, evidence = cpu_kind()
+    return kind != "avx2", evidence
 
 
 def _openvino_version() -> str:
@@ -381,27 +404,30 @@ def build_embed(engine: str, spec: BackboneSpec, source: WeightsSource, input_si
     return check_engine(engine, precision).build(spec, source, input_size, precision, batch_size, calibration)
 
 
-# Measured (docs/engines.md), per CPU kind: what extract uses without --engine / --precision. A
-# default must be faster than TensorFlow float32 and keep the paper head's and the default model's
-# frame and video QWK (Xception, seeds 0-2, same folds) within 0.01 of it, for every backbone.
-DEFAULTS = {
-    # AVX-512 BF16 (2026-11): OpenVINO float32 1.18x with the same features. TensorFlow bfloat16 is
-    # faster (1.62x) and kept Xception's QWK within 0.01, but MobileNet runs it slower (0.85x) and
-    # less faithfully (cosine 0.957), and OpenVINO bfloat16 (2.19x) has no accuracy rows yet.
-    True: ("openvino", "float32"),
-    # AVX2 only (2026-12): OpenVINO float32 1.56x (Xception) / 1.21x (VGG16), every QWK equal to 4
+# The default per CPU kind (docs/engines.md#the-default). The rule, the same for every row: the fastest
+# engine and precision whose paper-head and default-model frame and video QWKs (all 63 patients, frame
+# step 10, seeds 0-2, the same folds) each stay within 0.01 of float32's, either way. (engine, precision, why)
+BFLOAT16_WHY = ("OpenVINO bfloat16 is the fastest precision whose QWKs stay within 0.01 of float32's (Xception: "
+                "all four within 0.0024 here, 0.008 on AMX); int8, faster, moved the default model's by +0.013/+0.014")
+DEFAULTS: dict[str, tuple[str, str, str]] = {
+    # AMX Xeon (issue 22, 2026-12-07): OpenVINO bfloat16 4.55x TensorFlow float32, int8 6.03x.
+    "amx": ("openvino", "bfloat16", BFLOAT16_WHY),
+    # AVX-512 BF16 EPYC (2026-12-07, docs/engines.md): OpenVINO bfloat16 the fastest that qualifies.
+    "avx512_bf16": ("openvino", "bfloat16", BFLOAT16_WHY),
+    # AVX2 EPYC (2026-12-03): OpenVINO float32 1.56x (Xception) / 1.21x (VGG16), every QWK equal to 4
     # decimals; bfloat16 is emulated (0.71x); int8 is 2.9x but moves the default model's QWK by +0.013.
-    False: ("openvino", "float32"),
+    "avx2": ("openvino", "float32", "OpenVINO float32 gives float32's features 1.2-1.6x faster than TensorFlow; "
+             "bfloat16 is emulated here (slower), int8 moved the default model's QWK by +0.013/+0.014"),
 }
 
 
 def default_choice() -> tuple[str, str, str]:
-    """``(engine, precision, why)`` for this CPU, falling back to TensorFlow float32 if the engine is missing."""
-    native, evidence = native_bfloat16()
-    engine, precision = DEFAULTS[native]
-    why = f"{'native' if native else 'no native'} bfloat16 ({evidence})"
-    if engine != DEFAULT_ENGINE and (reason := get_engine(engine).missing()):
-        return DEFAULT_ENGINE, DEFAULT_PRECISION, f"{why}; {engine} {precision} would be the default, but {reason}"
+    """``(engine, precision, why)`` for this CPU's kind, falling back to TensorFlow float32 if the engine is missing."""
+    kind, evidence = cpu_kind()
+    engine, precision, reason = DEFAULTS[kind]
+    why = f"{CPU_KINDS[kind][0].split(' (')[0]} ({evidence}): {reason}"
+    if engine != DEFAULT_ENGINE and (missing := get_engine(engine).missing()):
+        return DEFAULT_ENGINE, DEFAULT_PRECISION, f"{why}; {engine} {precision} would be the default, but {missing}"
     return engine, precision, why
 
 

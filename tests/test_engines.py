@@ -16,12 +16,14 @@ import pytest
 from lusfeat import engines
 from lusfeat.backbones import get_spec, resolve_weights
 from lusfeat.engines import (
+    CPU_KINDS,
     DEFAULTS,
     ENGINES,
     Calibration,
     build_embed,
     check_engine,
     choose_engine,
+    cpu_kind,
     default_choice,
     get_engine,
     native_bfloat16,
@@ -63,7 +65,7 @@ def test_registry_and_the_choice_of_engine_and_precision(monkeypatch):
     assert choose_engine(None, "bfloat16")[:2] == ("tensorflow", "bfloat16")  # --precision alone: as before engines
     assert choose_engine("openvino", None)[:2] == ("openvino", "float32")
     engine, precision, why = choose_engine(None, None)
-    assert (engine, precision) == default_choice()[:2] and "bfloat16" in why and "default" in why
+    assert (engine, precision) == default_choice()[:2] and "the default for this CPU" in why and cpu_kind()[1] in why
     with pytest.raises(LusfeatError, match="engine 'tensorflow' does not run 'int8'.*use --engine openvino"):
         check_engine("tensorflow", "int8")
     with pytest.raises(LusfeatError, match="unknown engine 'onnx'; known: tensorflow, openvino"):
@@ -91,28 +93,30 @@ def test_lusfeat_engine_sets_the_default_for_every_machine(monkeypatch):
         choose_engine(None, None)
 
 
-def test_native_bfloat16_from_cpu_flags_decides_the_default(tmp_path, monkeypatch):
+def test_the_cpu_kind_from_its_flags_decides_the_default(tmp_path, monkeypatch):
+    """Three kinds, AMX told apart from AVX-512 BF16 alone; each has its own measured default and says why."""
     monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert native_bfloat16() == (True, "CPU flags avx512_bf16")
-    assert default_choice()[:2] == DEFAULTS[True] == ("openvino", "float32")
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert native_bfloat16()[0] is False
+    kinds = {"amx": "fpu avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8",
+             "avx512_bf16": "fpu sse avx2 avx512f avx512_bf16 avx512_vnni",
+             "avx2": "fpu sse avx2 fma"}
+    for kind, flags in kinds.items():
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_kind()[0] == kind and native_bfloat16()[0] == (kind != "avx2")
+        engine, precision, why = default_choice()
+        assert (engine, precision) == DEFAULTS[kind][:2] and DEFAULTS[kind][2] in why
+        assert CPU_KINDS[kind][0].split(" (")[0] in why
+    assert cpu_kind() == ("avx2", "no avx512_bf16/amx_bf16 CPU flag")
     assert "no native bfloat16" in choose_engine(None, "bfloat16")[2]
-    assert DEFAULTS[False] == ("openvino", "float32")
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {kinds['amx']}\n")
+    assert cpu_kind() == ("amx", "CPU flag amx_bf16")
     # Without the extra, the default falls back to TensorFlow float32 and says why.
     absent = dataclasses.replace(ENGINES["openvino"], package="lusfeat_no_such_package")
     monkeypatch.setitem(ENGINES, "openvino", absent)
     engine, precision, why = default_choice()
     assert (engine, precision) == ("tensorflow", "float32")
-    assert "openvino float32 would be the default" in why and 'pip install "lusfeat[openvino]"' in why
-    monkeypatch.undo()
-    monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
-    monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
-    if find_spec("openvino") is not None:
-        assert default_choice()[:2] == ("openvino", "float32")
+    assert f"openvino {DEFAULTS['amx'][1]} would be the default" in why and 'pip install "lusfeat[openvino]"' in why
 
 
 def test_extract_refuses_an_engine_that_cannot_run_the_request(tmp_path, capsys):

@@ -63,11 +63,18 @@ def standardisation(rows: np.ndarray, block_rows: int = 4096) -> tuple[np.ndarra
     """
     n, dim = rows.shape
     total, squares = np.zeros(dim), np.zeros(dim)
-    for start in range(0, n, block_rows):  # np.asarray: no copy of rows that are float64 already
-        total += np.asarray(rows[start:start + block_rows], dtype=np.float64).sum(axis=0)
+    # One float64 block reused (a fresh 64 MB temporary per block cost as much again in page faults), the same
+    # sums in the same order.
+    buffer = np.empty((min(block_rows, n), dim))
+    for start in range(0, n, block_rows):
+        part = rows[start:start + block_rows]
+        block = buffer[:len(part)]
+        block[...] = part
+        total += block.sum(axis=0)
     mean = total / n
     for start in range(0, n, block_rows):
-        block = np.asarray(rows[start:start + block_rows], dtype=np.float64) - mean
+        part = rows[start:start + block_rows]
+        block = np.subtract(part, mean, out=buffer[:len(part)])
         squares += np.einsum("ij,ij->j", block, block)
     var = squares / n
     scale = np.sqrt(var)

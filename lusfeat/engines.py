@@ -412,7 +412,8 @@ BFLOAT16_WHY = ("OpenVINO bfloat16 is the fastest precision whose QWKs stay with
 DEFAULTS: dict[str, tuple[str, str, str]] = {
     # AMX Xeon (issue 22, 2026-12-07): OpenVINO bfloat16 4.55x TensorFlow float32, int8 6.03x.
     "amx": ("openvino", "bfloat16", BFLOAT16_WHY),
-    # AVX-512 BF16 EPYC (2026-12-07, docs/engines.md): OpenVINO bfloat16 the fastest that qualifies.
+    # AVX-512 BF16 EPYC (2026-12-07, one run): OpenVINO bfloat16 4.22x TensorFlow float32, TensorFlow
+    # bfloat16 1.57x, OpenVINO float32 1.67x, int8 6.63x (does not qualify).
     "avx512_bf16": ("openvino", "bfloat16", BFLOAT16_WHY),
     # AVX2 EPYC (2026-12-03): OpenVINO float32 1.56x (Xception) / 1.21x (VGG16), every QWK equal to 4
     # decimals; bfloat16 is emulated (0.71x); int8 is 2.9x but moves the default model's QWK by +0.013.

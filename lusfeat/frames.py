@@ -12,8 +12,10 @@ What a file is, is read from its content, never from its name:
 Frame ``k`` of a file is the ``k``-th frame its decoder outputs. A packet that fails to decode
 is skipped (FFmpeg's own behaviour), and a stream that ends early (a container announcing more
 frames than decode: edit lists, trailing packets, a cut file) gives the frames that do decode;
-:func:`media_info` says both counts, so the caller can warn. The same decoding serves the count
-and the frames, so the frame numbers agree between planning, extraction and a resumed run.
+:func:`media_info` says both counts, so the caller can warn. It counts from the container where
+the count can be trusted (as many intact packets as announced, read without decoding), else by the
+same decoding that serves the frames, so the frame numbers agree between planning, extraction and
+a resumed run; a wanted frame that does not decode after all is a named error (:func:`iter_frames`).
 """
 
 from __future__ import annotations

@@ -144,7 +144,10 @@ class Calibrated(BaseEstimator):
     def answer(self, X, *, index: FrameIndex, coverage: float | None = None) -> ModelPredictions:
         """Probabilities, scores, and where calibrated the calibrated probabilities and score sets (at ``coverage``,
         default the fitted one) of every frame of ``X``."""
-        probabilities, scores = self.predict_proba(X, index=index), self.predict(X, index=index)
+        probabilities = self.predict_proba(X, index=index)
+        # Every estimator's predict is its rule applied to these very probabilities: read the scores from
+        # them rather than run the network (or pool the videos) a second time.
+        scores = self.decide(probabilities).astype(np.int64)
         if not self.calibrated:
             return ModelPredictions(probabilities, scores)
         calibrated = self.calibrator_.transform(probabilities)

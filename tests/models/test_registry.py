@@ -39,6 +39,9 @@ def test_every_registered_model_fits_answers_saves_and_explains(name: str, tmp_p
     assert answers.probabilities.shape == answers.calibrated.shape == answers.sets.shape == (len(y), 4)
     np.testing.assert_allclose(answers.calibrated.sum(axis=1), 1.0, atol=1e-9)
     assert answers.sets[np.arange(len(y)), model.decide(answers.calibrated)].all()  # the set holds the score
+    # answer reads the scores from the probabilities by the registry's rule: the estimator's own predict
+    np.testing.assert_array_equal(answers.scores, model.predict(X, index=index))
+    assert answers.scores.dtype == np.int64
     # the saved model is the model: the same answers, to the bit
     files = save_estimator(model, tmp_path, name)
     loaded = load_estimator(tmp_path, name, files)

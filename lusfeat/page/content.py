@@ -11,13 +11,13 @@ input (the manifest's ``patient_id`` or the folder's name), a file by its path a
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lusfeat import runfolder
 from lusfeat.predictions import Predictions
 from lusfeat.scores import CLASSES
 
@@ -152,10 +152,8 @@ def distribution_words(distance: float | None, threshold: float | None) -> str:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    """A run folder's JSON record, ``{}`` where there is none; a damaged one is an error (runfolder's reader)."""
+    return runfolder.read_json(path) or {}
 
 
 def model_facts(folder: Path, info: dict, extraction: Any, scorer: str, coverage: float | None) -> ModelFacts:

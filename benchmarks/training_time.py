@@ -13,7 +13,8 @@ both timed warm (one discarded stage-two fit first: the process' one-time Tensor
     one) served by a ``keras.utils.PyDataset``. Frames are decoded and resized once, up front
     (not charged to any fold; it is in the end-to-end time).
 (b) **lusfeat**: stage one (``lusfeat.extract.extract_backbone``: decode, 1 + A copies, network,
-    HDF5) once, timed on its own and amortised over the folds; stage two per fold:
+    HDF5; ``--engine`` / ``--precision``, by default what ``lusfeat.extract`` chooses on this CPU)
+    once, timed on its own and amortised over the folds; stage two per fold:
     ``SeverityHead.fit`` on the cached copies + ``predict_proba`` on the held-out frames.
 
 Per fold time = model build + training + prediction of the held-out frames, for both. Accuracy
@@ -194,7 +195,7 @@ def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespac
 
     config = make_config(spec, source, input_size=None, dtype="float32", augment_copies=args.augment_copies,
                          params=AugmentParams(), seed=args.seed, frame_step=args.frame_step,
-                         manifest_sha256=manifest_sha256)
+                         manifest_sha256=manifest_sha256, engine=args.engine, precision=args.precision, frames=frames)
     began = time.perf_counter()
     summary = extract_backbone(frames, spec, source, config, out, batch_size=args.batch_size, overwrite=True,
                                progress=False)
@@ -451,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paper-folds", type=int, default=None, metavar="K",
                         help="train the paper's method on the first K folds only; both methods are compared on "
                         "those folds (default: every fold)")
+    parser.add_argument("--engine", choices=("tensorflow", "openvino"), default=None,
+                        help="stage one's engine, as lusfeat.extract (default: lusfeat.extract's default for this CPU)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default=None,
+                        help="stage one's precision, as lusfeat.extract (the paper's method stays Keras float32)")
     parser.add_argument("--seed", type=int, default=0, help="patients, folds, augmentation, initialisation")
     parser.add_argument("--work-dir", default=None, help="scratch folder for features (default: a temp dir)")
     parser.add_argument("--out", default=None, help="JSON file or folder (default: benchmarks/results/)")
@@ -462,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from lusfeat.embed import plan_frames
+        from lusfeat.engines import check_engine, choose_engine
         from lusfeat.manifest import file_sha256, read_manifest
 
         if args.folds < 2 or args.epochs < 1 or args.frame_step < 1:
@@ -470,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"--paper-folds {args.paper_folds}: give 1 to --folds ({args.folds})")
         if args.features and "," in args.backbone.strip(","):
             raise LusfeatError("--features is one backbone's file: give one --backbone")
+        args.engine, args.precision, engine_why = choose_engine(args.engine, args.precision)
+        check_engine(args.engine, args.precision)
+        print(f"stage one: {args.engine} {args.precision} ({engine_why})", file=sys.stderr)
         manifest = read_manifest(args.manifest, args.data_root)
         patients = select_patients(manifest, args.patients, args.seed)
         frames = plan_frames(manifest[manifest["patient_id"].astype(str).isin(patients)], args.frame_step)
@@ -479,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "training_time", "command": command_line("training_time.py", argv),
             "machine": machine_info(),
             "settings": {key: value for key, value in vars(args).items() if key not in ("out", "work_dir")},
+            "stage_one_engine": {"engine": args.engine, "precision": args.precision, "why": engine_why},
             "patients": patients, "frames": len(frames),
             "frames_per_fold": [int((folds == f).sum()) for f in range(args.folds)],
             "scores_per_fold": [np.bincount(frames["score"].to_numpy(int)[folds == f], minlength=len(CLASSES)).tolist()
@@ -509,6 +519,8 @@ def render_tables(record: dict[str, Any]) -> str:
     header = (f"{len(record['patients'])} patients, frame step {settings['frame_step']}: {record['frames']} frames, "
               f"{settings['folds']} patient folds, {settings['epochs']} epochs, batch {settings['batch_size']}, "
               f"stage one 1 + {settings['augment_copies']} copies")
+    if engine := record.get("stage_one_engine"):
+        header += f" in {engine['engine']} {engine['precision']} (the paper's method: Keras float32)"
     def ratio(value: float | None, digits: int) -> str:
         return "n/a" if value is None else f"{value:,.{digits}f}x"
 

@@ -49,6 +49,12 @@ def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Pa
     assert [item["dim"] for item in record["stage_two_full_size"]] == [2048, 256]
     assert all(positive(item["fit_seconds"]) for item in record["stage_two_full_size"])
     assert "| mobilenet |" in capsys.readouterr().out
+    # Stage one ran on the engine lusfeat.extract would choose (the suite sets $LUSFEAT_ENGINE) and says so.
+    assert record["stage_one_engine"] == {"engine": "tensorflow", "precision": "float32",
+                                          "why": "LUSFEAT_ENGINE=tensorflow:float32"}
+    from lusfeat.store import load_features
+    config = load_features(cache_dir / "mobilenet.h5").config
+    assert (config.engine, config.precision) == ("tensorflow", "float32")
 
     # Stage one reused from the file the run above kept, the paper's method on fold 1 only.
     out_reused = tmp_path / "reused.json"

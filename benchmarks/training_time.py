@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from lusfeat.embed import plan_frames
-        from lusfeat.engines import check_engine, choose_engine
+        from lusfeat.engine_choice import choose_engine
+        from lusfeat.engines import check_engine
         from lusfeat.manifest import file_sha256, read_manifest
 
         if args.folds < 2 or args.epochs < 1 or args.frame_step < 1:
@@ -476,14 +477,14 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"--paper-folds {args.paper_folds}: give 1 to --folds ({args.folds})")
         if args.features and "," in args.backbone.strip(","):
             raise LusfeatError("--features is one backbone's file: give one --backbone")
-        args.engine, args.precision, engine_why = choose_engine(args.engine, args.precision)
-        check_engine(args.engine, args.precision)
-        print(f"stage one: {args.engine} {args.precision} ({engine_why})", file=sys.stderr)
         manifest = read_manifest(args.manifest, args.data_root)
         patients = select_patients(manifest, args.patients, args.seed)
         frames = plan_frames(manifest[manifest["patient_id"].astype(str).isin(patients)], args.frame_step)
         folds = patient_folds(frames, args.folds, args.seed)
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
+        args.engine, args.precision, engine_why = choose_engine(args.engine, args.precision, names)
+        check_engine(args.engine, args.precision)
+        print(f"stage one: {args.engine} {args.precision} ({engine_why})", file=sys.stderr)
         record: dict[str, Any] = {
             "benchmark": "training_time", "command": command_line("training_time.py", argv),
             "machine": machine_info(),

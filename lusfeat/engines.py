@@ -15,7 +15,7 @@ precisions it runs, how to tell its version, and how to build the call.
 
 The Keras backbone and its weights stay the single source of truth: an engine never loads
 weights of its own. Which engine and precision ``lusfeat.extract`` uses by default is decided by
-:func:`default_choice` from measurements (``docs/engines.md``).
+:mod:`lusfeat.engine_choice` from measurements (``docs/engines.md``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from lusfeat.errors import LusfeatError
 log = logging.getLogger("lusfeat.engines")
 
 CACHE_ENV = "LUSFEAT_CACHE_DIR"
-ENGINE_ENV = "LUSFEAT_ENGINE"  # ENGINE[:PRECISION]: the default for every command line that gives neither
 CPUINFO = Path("/proc/cpuinfo")
 ALL_PRECISIONS = ("float32", "bfloat16", "int8")
 DEFAULT_ENGINE, DEFAULT_PRECISION = "tensorflow", "float32"
@@ -402,64 +401,3 @@ def build_embed(engine: str, spec: BackboneSpec, source: WeightsSource, input_si
                 batch_size: int, calibration: Calibration | None = None) -> Embed:
     """The ``uint8 images -> float32 features`` call of ``engine`` at ``precision``."""
     return check_engine(engine, precision).build(spec, source, input_size, precision, batch_size, calibration)
-
-
-# The default per CPU kind (docs/engines.md#the-default). The rule, the same for every row: the fastest
-# engine and precision whose paper-head and default-model frame and video QWKs (all 63 patients, frame
-# step 10, seeds 0-2, the same folds) each stay within 0.01 of float32's, either way. (engine, precision, why)
-BFLOAT16_WHY = ("OpenVINO bfloat16 is the fastest precision whose QWKs stay within 0.01 of float32's (Xception: "
-                "all four within 0.0024 here, 0.008 on AMX); int8, faster, moved the default model's by +0.013/+0.014")
-DEFAULTS: dict[str, tuple[str, str, str]] = {
-    # AMX Xeon (issue 22, 2026-12-07): OpenVINO bfloat16 4.55x TensorFlow float32, int8 6.03x.
-    "amx": ("openvino", "bfloat16", BFLOAT16_WHY),
-    # AVX-512 BF16 EPYC (2026-12-07, one run): OpenVINO bfloat16 4.22x TensorFlow float32, TensorFlow
-    # bfloat16 1.57x, OpenVINO float32 1.67x, int8 6.63x (does not qualify).
-    "avx512_bf16": ("openvino", "bfloat16", BFLOAT16_WHY),
-    # AVX2 EPYC (2026-12-03): OpenVINO float32 1.56x (Xception) / 1.21x (VGG16), every QWK equal to 4
-    # decimals; bfloat16 is emulated (0.71x); int8 is 2.9x but moves the default model's QWK by +0.013.
-    "avx2": ("openvino", "float32", "OpenVINO float32 gives float32's features 1.2-1.6x faster than TensorFlow; "
-             "bfloat16 is emulated here (slower), int8 moved the default model's QWK by +0.013/+0.014"),
-}
-
-
-def default_choice() -> tuple[str, str, str]:
-    """``(engine, precision, why)`` for this CPU's kind, falling back to TensorFlow float32 if the engine is missing."""
-    kind, evidence = cpu_kind()
-    engine, precision, reason = DEFAULTS[kind]
-    why = f"{CPU_KINDS[kind][0].split(' (')[0]} ({evidence}): {reason}"
-    if engine != DEFAULT_ENGINE and (missing := get_engine(engine).missing()):
-        return DEFAULT_ENGINE, DEFAULT_PRECISION, f"{why}; {engine} {precision} would be the default, but {missing}"
-    return engine, precision, why
-
-
-def environment_choice() -> tuple[str, str, str] | None:
-    """``$LUSFEAT_ENGINE`` (``ENGINE`` or ``ENGINE:PRECISION``) as ``(engine, precision, why)``; ``None`` if unset.
-
-    One setting for every machine of a site or cluster, so that shards extracted on CPUs of different
-    kinds come from one engine and precision (and so that a test suite does not depend on the CPU).
-    """
-    value = os.environ.get(ENGINE_ENV, "").strip()
-    if not value:
-        return None
-    engine, _, precision = value.partition(":")
-    get_engine(engine)
-    precision = precision or DEFAULT_PRECISION
-    if precision not in ALL_PRECISIONS:
-        raise LusfeatError(f"{ENGINE_ENV}={value}: unknown precision {precision!r}; known: {', '.join(ALL_PRECISIONS)}")
-    return engine, precision, f"{ENGINE_ENV}={value}"
-
-
-def choose_engine(engine: str | None, precision: str | None) -> tuple[str, str, str]:
-    """``(engine, precision, why)`` from the command line's ``--engine`` / ``--precision`` (``None``: not given),
-    else ``$LUSFEAT_ENGINE``, else the measured default for this CPU."""
-    if engine is None and precision is None:
-        if chosen := environment_choice():
-            return chosen
-        engine, precision, why = default_choice()
-        return engine, precision, f"the default for this CPU: {why}; see docs/engines.md"
-    engine = engine or DEFAULT_ENGINE
-    precision = precision or DEFAULT_PRECISION
-    why = "as asked"
-    if precision == "bfloat16" and not (native := native_bfloat16())[0]:
-        why += f"; this CPU has no native bfloat16 ({native[1]}): expect it slower than float32"
-    return engine, precision, why

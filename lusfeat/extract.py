@@ -7,7 +7,8 @@
     python -m lusfeat.extract merge OUT [--backbone NAME,...] [--shards FILE ...] [--overwrite]
 
 The loop is :mod:`lusfeat.embed`; the network runs on the inference engine of ``--engine``
-(:mod:`lusfeat.engines`; without it, the default for this CPU, logged with the reason; ``docs/engines.md``).
+(:mod:`lusfeat.engines`; without it, the default for this CPU and these backbones, logged with the reason:
+:mod:`lusfeat.engine_choice`, ``docs/engines.md``).
 
 ``--shard K/N`` extracts shard K of N (whole patients, balanced by frames) into
 ``OUT/<backbone>.shard-K-of-N.h5``; ``merge OUT`` joins the N shards into ``OUT/<backbone>.h5``,
@@ -26,7 +27,8 @@ from lusfeat.augment import AugmentParams
 from lusfeat.backbones import BACKBONES, fetch_weights, get_spec, resolve_weights
 from lusfeat.cli import add_frame_arguments, add_verbose_argument, sigterm_interrupts, start
 from lusfeat.embed import extract_backbone, make_config, output_path, plan_frames, set_tf_threads
-from lusfeat.engines import ALL_PRECISIONS, CALIBRATION_FRAMES, ENGINES, check_engine, choose_engine
+from lusfeat.engine_choice import choose_engine
+from lusfeat.engines import ALL_PRECISIONS, CALIBRATION_FRAMES, ENGINES, check_engine
 from lusfeat.errors import LusfeatError
 from lusfeat.manifest import file_sha256, read_manifest
 from lusfeat.shards import extract_shard, merge_shards, parse_shard, plan_shard, split_patients
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=tuple(ENGINES), default=None,
                         help="inference engine: tensorflow, or openvino (pip install \"lusfeat[openvino]\"; the same "
                         "Keras model converted, cached in $LUSFEAT_CACHE_DIR or ~/.cache/lusfeat) (default: chosen for "
-                        "this CPU and logged, see docs/engines.md; tensorflow with --precision alone)")
+                        "this CPU and these backbones and logged, see docs/engines.md; tensorflow with --precision alone)")
     parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
                         help="backbone compute type; bfloat16 is 1.3-2.2x faster on CPUs with AVX-512 BF16, features "
                         "within cosine 0.999 of float32 for xception/vgg16; int8 (openvino only) is NNCF "
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LusfeatError(f"--threads {args.threads}: give 1 or more TensorFlow threads")
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
         specs = [get_spec(name) for name in names]
-        engine, precision, why = choose_engine(args.engine, args.precision)
+        engine, precision, why = choose_engine(args.engine, args.precision, [spec.name for spec in specs])
         defaulted = args.engine is None and args.precision is None
         check_engine(engine, precision)
         log.info("engine: %s %s (%s)", engine, precision, why)

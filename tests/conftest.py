@@ -17,7 +17,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One engine for every test that does not choose one, whatever the CPU (extract's default depends on
-# it: lusfeat.engines.default_choice); tests of that choice unset it.
+# it: lusfeat.engine_choice.default_choice); tests of that choice unset it.
 os.environ.setdefault("LUSFEAT_ENGINE", "tensorflow:float32")
 
 REPO = Path(__file__).resolve().parents[1]

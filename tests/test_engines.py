@@ -1,4 +1,4 @@
-"""Inference engines: the registry and the choice, parity with TensorFlow on real frames, the engine recorded in
+"""Inference engines: the registry, parity with TensorFlow on real frames, the engine recorded in
 feature files and model folders, mixing refused, int8 calibration deterministic."""
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ import pytest
 from lusfeat import engines
 from lusfeat.backbones import get_spec, resolve_weights
 from lusfeat.engines import (
-    CPU_KINDS,
-    DEFAULTS,
     ENGINES,
     Calibration,
     build_embed,
     check_engine,
-    choose_engine,
-    cpu_kind,
-    default_choice,
     get_engine,
     native_bfloat16,
 )
@@ -58,14 +53,9 @@ def _relative_error(features: np.ndarray, reference: np.ndarray) -> float:
 # --------------------------------------------------------------------------- registry and choice (no engine needed)
 
 
-def test_registry_and_the_choice_of_engine_and_precision(monkeypatch):
-    monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
+def test_registry_of_engines(monkeypatch):
     assert set(ENGINES) == {"tensorflow", "openvino"}
     assert ENGINES["openvino"].precisions == ("float32", "bfloat16", "int8")
-    assert choose_engine(None, "bfloat16")[:2] == ("tensorflow", "bfloat16")  # --precision alone: as before engines
-    assert choose_engine("openvino", None)[:2] == ("openvino", "float32")
-    engine, precision, why = choose_engine(None, None)
-    assert (engine, precision) == default_choice()[:2] and "the default for this CPU" in why and cpu_kind()[1] in why
     with pytest.raises(LusfeatError, match="engine 'tensorflow' does not run 'int8'.*use --engine openvino"):
         check_engine("tensorflow", "int8")
     with pytest.raises(LusfeatError, match="unknown engine 'onnx'; known: tensorflow, openvino"):
@@ -77,46 +67,6 @@ def test_a_missing_engine_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(ENGINES, "openvino", absent)
     with pytest.raises(LusfeatError, match=r'needs the lusfeat_no_such_package package.*pip install "lusfeat\[openvino\]"'):
         check_engine("openvino", "float32")
-
-
-def test_lusfeat_engine_sets_the_default_for_every_machine(monkeypatch):
-    monkeypatch.setenv("LUSFEAT_ENGINE", "openvino:int8")
-    assert choose_engine(None, None) == ("openvino", "int8", "LUSFEAT_ENGINE=openvino:int8")
-    assert choose_engine("tensorflow", None)[:2] == ("tensorflow", "float32")  # the command line wins
-    monkeypatch.setenv("LUSFEAT_ENGINE", "openvino")
-    assert choose_engine(None, None)[:2] == ("openvino", "float32")
-    monkeypatch.setenv("LUSFEAT_ENGINE", "onnx")
-    with pytest.raises(LusfeatError, match="unknown engine 'onnx'"):
-        choose_engine(None, None)
-    monkeypatch.setenv("LUSFEAT_ENGINE", "tensorflow:fp8")
-    with pytest.raises(LusfeatError, match="LUSFEAT_ENGINE=tensorflow:fp8: unknown precision 'fp8'"):
-        choose_engine(None, None)
-
-
-def test_the_cpu_kind_from_its_flags_decides_the_default(tmp_path, monkeypatch):
-    """Three kinds, AMX told apart from AVX-512 BF16 alone; each has its own measured default and says why."""
-    monkeypatch.delenv("LUSFEAT_ENGINE", raising=False)
-    cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(engines, "CPUINFO", cpuinfo)
-    kinds = {"amx": "fpu avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8",
-             "avx512_bf16": "fpu sse avx2 avx512f avx512_bf16 avx512_vnni",
-             "avx2": "fpu sse avx2 fma"}
-    for kind, flags in kinds.items():
-        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        assert cpu_kind()[0] == kind and native_bfloat16()[0] == (kind != "avx2")
-        engine, precision, why = default_choice()
-        assert (engine, precision) == DEFAULTS[kind][:2] and DEFAULTS[kind][2] in why
-        assert CPU_KINDS[kind][0].split(" (")[0] in why
-    assert cpu_kind() == ("avx2", "no avx512_bf16/amx_bf16 CPU flag")
-    assert "no native bfloat16" in choose_engine(None, "bfloat16")[2]
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {kinds['amx']}\n")
-    assert cpu_kind() == ("amx", "CPU flag amx_bf16")
-    # Without the extra, the default falls back to TensorFlow float32 and says why.
-    absent = dataclasses.replace(ENGINES["openvino"], package="lusfeat_no_such_package")
-    monkeypatch.setitem(ENGINES, "openvino", absent)
-    engine, precision, why = default_choice()
-    assert (engine, precision) == ("tensorflow", "float32")
-    assert f"openvino {DEFAULTS['amx'][1]} would be the default" in why and 'pip install "lusfeat[openvino]"' in why
 
 
 def test_extract_refuses_an_engine_that_cannot_run_the_request(tmp_path, capsys):

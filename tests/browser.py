@@ -8,10 +8,12 @@ NUL byte on file descriptors 3 and 4): no driver package, no browser download, D
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -101,6 +103,17 @@ def _errors(events: list[dict]) -> list[str]:
     return found
 
 
+def _wait_for_group_to_exit(group: int, timeout: float = 5.0) -> None:
+    """Until no process of ``group`` is left (killed helpers are reaped by init), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def load(path: Path, width: int = 1280, height: int = 900, screenshot: Path | None = None,
          evaluate: str | None = None) -> Loaded:
     """Open ``path`` at ``width`` x ``height`` CSS px (a phone below 600: mobile emulation), wait for its load
@@ -118,9 +131,11 @@ def load(path: Path, width: int = 1280, height: int = 900, screenshot: Path | No
         os.dup2(answers, 4)
 
     with tempfile.TemporaryDirectory(prefix="lusfeat-chromium-") as profile:
+        # Its own process group: the browser's helper processes (renderer, GPU, crash handler) write into the
+        # profile too, and one left alive after the main process could still be writing when it is removed.
         process = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   close_fds=False, preexec_fn=descriptors)
+                                   close_fds=False, preexec_fn=descriptors, start_new_session=True)
         os.close(command_read)
         os.close(answer_write)
         pipe = _Pipe(process, command_write, answer_read)
@@ -146,8 +161,10 @@ def load(path: Path, width: int = 1280, height: int = 900, screenshot: Path | No
                 Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
             pipe.call("Runtime.evaluate", session, expression="1")  # drain events that came before
         finally:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            _wait_for_group_to_exit(process.pid)
             os.close(command_write)
             os.close(answer_read)
     requests = [e["params"]["request"]["url"] for e in pipe.events if e.get("method") == "Network.requestWillBeSent"]

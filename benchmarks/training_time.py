@@ -53,6 +53,7 @@ from benchmarks._common import (
     publish,
     select_patients,
 )
+from lusfeat.engines import ALL_PRECISIONS, ENGINES
 from lusfeat.errors import LusfeatError
 from lusfeat.scores import CLASSES
 
@@ -201,6 +202,25 @@ def extract_features(frames: pd.DataFrame, spec, source, args: argparse.Namespac
                                progress=False)
     seconds = time.perf_counter() - began
     return load_features(out).features, seconds, summary.seconds
+
+
+def stage_one_engine(args: argparse.Namespace, names: list[str]) -> tuple[str, str, str]:
+    """``(engine, precision, why)`` of stage one: those ``--features`` was made with, else what ``lusfeat.extract``
+    chooses (``--engine`` / ``--precision``, ``$LUSFEAT_ENGINE``, the default for this CPU and backbones)."""
+    from lusfeat.engine_choice import choose_engine
+    from lusfeat.engines import check_engine
+    from lusfeat.store import read_config
+
+    if args.features:
+        config = read_config(args.features)
+        asked = (args.engine or config.engine, args.precision or config.precision)
+        if asked != (config.engine, config.precision):
+            raise LusfeatError(f"--features {args.features} was made with {config.engine} {config.precision}, not "
+                               f"{' '.join(asked)}: drop --engine/--precision, or drop --features to extract here")
+        return config.engine, config.precision, f"as {args.features} was made (not timed here)"
+    engine, precision, why = choose_engine(args.engine, args.precision, names)
+    check_engine(engine, precision)
+    return engine, precision, why
 
 
 def reuse_features(path: str, frames: pd.DataFrame, spec, args: argparse.Namespace) -> np.ndarray:
@@ -452,9 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paper-folds", type=int, default=None, metavar="K",
                         help="train the paper's method on the first K folds only; both methods are compared on "
                         "those folds (default: every fold)")
-    parser.add_argument("--engine", choices=("tensorflow", "openvino"), default=None,
+    parser.add_argument("--engine", choices=tuple(ENGINES), default=None,
                         help="stage one's engine, as lusfeat.extract (default: lusfeat.extract's default for this CPU)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default=None,
+    parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
                         help="stage one's precision, as lusfeat.extract (the paper's method stays Keras float32)")
     parser.add_argument("--seed", type=int, default=0, help="patients, folds, augmentation, initialisation")
     parser.add_argument("--work-dir", default=None, help="scratch folder for features (default: a temp dir)")
@@ -467,8 +487,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from lusfeat.embed import plan_frames
-        from lusfeat.engine_choice import choose_engine
-        from lusfeat.engines import check_engine
         from lusfeat.manifest import file_sha256, read_manifest
 
         if args.folds < 2 or args.epochs < 1 or args.frame_step < 1:
@@ -482,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = plan_frames(manifest[manifest["patient_id"].astype(str).isin(patients)], args.frame_step)
         folds = patient_folds(frames, args.folds, args.seed)
         names = [name.strip() for name in args.backbone.split(",") if name.strip()]
-        args.engine, args.precision, engine_why = choose_engine(args.engine, args.precision, names)
-        check_engine(args.engine, args.precision)
+        args.engine, args.precision, engine_why = stage_one_engine(args, names)
         print(f"stage one: {args.engine} {args.precision} ({engine_why})", file=sys.stderr)
         record: dict[str, Any] = {
             "benchmark": "training_time", "command": command_line("training_time.py", argv),

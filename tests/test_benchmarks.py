@@ -67,6 +67,12 @@ def test_training_time_writes_a_complete_record(data_root: Path, weights_dir: Pa
     assert len(reused["lusfeat"]["per_fold"]) == 2 and reused["lusfeat"]["extract_seconds"] is None
     assert reused["compared_frames"] < entry["frames"] and positive(reused["ratio_fold_mean"])
     assert reused["ratio_end_to_end"] is None and "reused" in reused["stage_one"]
+    reused_engine = json.loads(out_reused.read_text())["stage_one_engine"]  # the file's, not a fresh choice
+    assert reused_engine["why"].startswith(f"as {cache_dir / 'mobilenet.h5'} was made")
+    assert (reused_engine["engine"], reused_engine["precision"]) == ("tensorflow", "float32")
+    # An engine other than the file's is refused, before anything runs.
+    assert training_time.main([*common, "--frame-step", "90", "--engine", "openvino", "--out", str(out_reused)]) == 1
+    assert "was made with tensorflow float32, not openvino float32" in capsys.readouterr().err
     # The same file for other frames is refused, naming what differs.
     assert training_time.main([*common, "--frame-step", "60", "--out", str(out_reused)]) == 1
     assert "frame_step: 90 in the file, 60 here" in capsys.readouterr().err

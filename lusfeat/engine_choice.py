@@ -51,12 +51,13 @@ QWK_MOVES: dict[tuple[str, str, str, str], tuple[float, float, float, float]] = 
 }
 
 # Per CPU kind, every engine and precision, fastest first (Xception's engine tables, one run each:
-# AMX issue 22; AVX-512 BF16 2026-12-07; AVX2 2026-12-03, where bfloat16 is emulated).
+# AMX issue 22; AVX-512 BF16 benchmarks/results/extract_throughput-20261207-180201.json; AVX2
+# extract_throughput-20261203-134928.json, where bfloat16 is emulated).
 FASTEST_FIRST: dict[str, tuple[tuple[str, str], ...]] = {
     "amx": (("openvino", "int8"), ("openvino", "bfloat16"), ("tensorflow", "bfloat16"), ("openvino", "float32"),
             ("tensorflow", "float32")),
-    "avx512_bf16": (("openvino", "int8"), ("openvino", "bfloat16"), ("openvino", "float32"),
-                    ("tensorflow", "bfloat16"), ("tensorflow", "float32")),
+    "avx512_bf16": (("openvino", "int8"), ("openvino", "bfloat16"), ("tensorflow", "bfloat16"),
+                    ("openvino", "float32"), ("tensorflow", "float32")),
     "avx2": (("openvino", "int8"), ("openvino", "float32"), ("tensorflow", "float32"), ("tensorflow", "bfloat16")),
 }
 

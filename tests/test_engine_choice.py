@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
+from conftest import REPO
 
 from lusfeat import engines
 from lusfeat.engine_choice import (
@@ -80,6 +82,16 @@ def test_the_rule_on_the_measured_rows():
     for kind, order in FASTEST_FIRST.items():  # every engine and precision the kind runs, once
         refused = {("openvino", "bfloat16")} if kind == "avx2" else set()  # it would run float32 there
         assert sorted(order) == sorted(every - refused)
+
+
+@pytest.mark.parametrize(("kind", "table"), [("avx512_bf16", "extract_throughput-20261207-180201.json"),
+                                             ("avx2", "extract_throughput-20261203-134928.json")])
+def test_the_speed_order_is_the_measured_one(kind, table):
+    """FASTEST_FIRST is data: on each kind with a recorded engine table, Xception's bare rates in that order."""
+    record = json.loads((REPO / "benchmarks" / "results" / table).read_text())
+    rates = {tuple(name.split(":")): row["bare_images_per_second"]
+             for name, row in record["backbones"]["xception"]["engines"].items()}
+    assert list(FASTEST_FIRST[kind]) == sorted(rates, key=rates.get, reverse=True)
 
 
 @pytest.mark.parametrize(("kind", "backbones", "chosen"), [
